@@ -1,0 +1,101 @@
+"""Model protocol, registry and the built-in models (paper models + the shipped demo model).
+
+Registering is cheap: each spec names its factory as a ``"module:attr"`` string, imported only when the
+model is built.
+"""
+
+from cxr_robust.data.text_policy import TextPolicy
+from cxr_robust.models.registry import (
+    BERT_VOCAB_ENV,
+    WEIGHTS_DIR_ENV,
+    MissingWeightsError,
+    ModelSpec,
+    UnknownModelError,
+    available,
+    get_spec,
+    load_model,
+    register,
+)
+
+PAPER_MODELS: tuple[str, ...] = ("clip", "cxr-repair", "medclip-vit", "cxr-clip-swint")
+"""The registered models that Table 1's four rows correspond to, in the table's order."""
+
+DEMO_MODEL = "phantom-clip"
+
+_BUILTINS = [
+    ModelSpec(
+        name=DEMO_MODEL,
+        factory="cxr_robust.models.demo:load_phantom_clip",
+        description="small open_clip CLIP trained on the phantom train split; weights ship in the package",
+        baseline_row="phantom-clip",
+        builtin_weights=True,
+    ),
+    ModelSpec(
+        name="clip",
+        factory="cxr_robust.models.openclip:load_openai_clip",
+        description="OpenAI CLIP ViT-B/32 (QuickGELU), TorchScript archive ViT-B-32.pt",
+        baseline_row="CLIP",
+        weight_files=("ViT-B-32.pt",),
+        weights_env="CXR_ROBUST_CLIP_WEIGHTS",
+        source_url="https://openaipublic.azureedge.net/clip/models/"
+                   "40d3715748e8dc5c1a8d8ec62b56e4dc1f2aa6f4e33a6c4cfa8d4db79a2c1b0e/ViT-B-32.pt",
+    ),
+    ModelSpec(
+        name="cxr-repair",
+        factory="cxr_robust.models.openclip:load_cxr_repair",
+        description="CXR-RePaiR: CLIP ViT-B/32 fine-tuned on MIMIC-CXR impressions",
+        baseline_row="CXR-RePaiR",
+        default_text_policy=TextPolicy.IMPRESSION,
+        weight_files=("clip-imp-pretrained_128_6_after_4.pt",),
+        weights_env="CXR_ROBUST_CXR_REPAIR_WEIGHTS",
+        source_url="https://github.com/rajpurkarlab/CXR-RePaiR (README: Stanford Box link)",
+    ),
+    ModelSpec(
+        name="medclip-vit",
+        factory="cxr_robust.models.medclip:load_medclip_vit",
+        description="MedCLIP with Swin-T image tower (the paper's 'ViT-based MedCLIP')",
+        baseline_row="MedCLIP",
+        weight_files=("medclip-vit-pretrained.zip", "medclip-vit/pytorch_model.bin"),
+        weights_env="CXR_ROBUST_MEDCLIP_VIT_WEIGHTS",
+        source_url="https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
+        needs_bert_vocab=True,
+    ),
+    ModelSpec(
+        name="medclip-resnet",
+        factory="cxr_robust.models.medclip:load_medclip_resnet",
+        description="MedCLIP with ResNet-50 image tower",
+        weight_files=("medclip-pretrained.zip", "medclip-resnet/pytorch_model.bin"),
+        weights_env="CXR_ROBUST_MEDCLIP_RESNET_WEIGHTS",
+        source_url="https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
+        needs_bert_vocab=True,
+    ),
+    ModelSpec(
+        name="cxr-clip-swint",
+        factory="cxr_robust.models.cxrclip:load_cxrclip_swint",
+        description="CXR-CLIP with Swin-T image tower",
+        baseline_row="CXR-CLIP",
+        default_text_policy=TextPolicy.LONGEST,
+        weight_files=("swint_mcc.tar", "swint_mc.tar", "swint_m.tar"),
+        weights_env="CXR_ROBUST_CXR_CLIP_SWINT_WEIGHTS",
+        source_url="https://github.com/Soombit-ai/cxr-clip (README: checkpoint table)",
+        needs_bert_vocab=True,
+    ),
+    ModelSpec(
+        name="cxr-clip-r50",
+        factory="cxr_robust.models.cxrclip:load_cxrclip_r50",
+        description="CXR-CLIP with ResNet-50 image tower",
+        default_text_policy=TextPolicy.LONGEST,
+        weight_files=("r50_mcc.tar", "r50_mc.tar", "r50_m.tar"),
+        weights_env="CXR_ROBUST_CXR_CLIP_R50_WEIGHTS",
+        source_url="https://github.com/Soombit-ai/cxr-clip (README: checkpoint table)",
+        needs_bert_vocab=True,
+    ),
+]
+
+for _spec in _BUILTINS:
+    register(_spec)
+
+__all__ = [
+    "BERT_VOCAB_ENV", "DEMO_MODEL", "PAPER_MODELS", "WEIGHTS_DIR_ENV", "MissingWeightsError", "ModelSpec",
+    "UnknownModelError", "available", "get_spec", "load_model", "register",
+]

@@ -1,0 +1,164 @@
+"""Registered models: lazy ``module:attr`` factories, weights lookup and "did you mean" errors.
+
+Nothing heavy is imported here, so the pytest plugin can list models and decide what to skip without
+importing torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cxr_robust.data.text_policy import TextPolicy
+
+
+class UnknownModelError(KeyError):
+    """A model name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A model whose weights (or tokenizer vocabulary) are not on this machine."""
+
+
+WEIGHTS_DIR_ENV = "CXR_ROBUST_WEIGHTS_DIR"
+BERT_VOCAB_ENV = "CXR_ROBUST_BERT_VOCAB"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to find and build one registered model.
+
+    ``factory`` is a ``"module:attr"`` string imported on first use; it is called as
+    ``factory(weights=<Path or None>, **options)`` and returns a :class:`~cxr_robust.models.base.RetrievalModel`.
+    ``weight_files`` are the published file names looked up in the weights directory, in order.
+    """
+
+    name: str
+    factory: str
+    description: str
+    baseline_row: str | None = None
+    default_text_policy: TextPolicy = TextPolicy.FINDINGS_IMPRESSION
+    weight_files: tuple[str, ...] = ()
+    weights_env: str | None = None
+    source_url: str = ""
+    needs_bert_vocab: bool = False
+    builtin_weights: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def locate_weights(self, explicit: str | Path | None = None, weights_dir: str | Path | None = None) -> Path | None:
+        """The weights file to use: explicit path, then ``$weights_env``, then a file in the weights directory."""
+        if explicit:
+            return Path(explicit).expanduser()
+        if self.weights_env and os.environ.get(self.weights_env):
+            return Path(os.environ[self.weights_env]).expanduser()
+        root = weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+        if root:
+            for fname in self.weight_files:
+                candidate = Path(root).expanduser() / fname
+                if candidate.exists():
+                    return candidate
+        return None
+
+    def missing(self, explicit: str | Path | None = None, weights_dir: str | Path | None = None,
+                bert_vocab: str | Path | None = None) -> str | None:
+        """Why this model cannot run here (naming exactly what to set), or None when it can."""
+        problems = []
+        if not self.builtin_weights:
+            path = self.locate_weights(explicit, weights_dir)
+            how = (f"pass --weights {self.name}=PATH, set {self.weights_env or WEIGHTS_DIR_ENV}, or put "
+                   f"{' or '.join(self.weight_files) or 'the weights file'} in --weights-dir / ${WEIGHTS_DIR_ENV}")
+            if path is None:
+                problems.append(f"weights for {self.name!r} not found ({how}; published at {self.source_url})")
+            elif not path.exists():
+                problems.append(f"weights file {path} for {self.name!r} does not exist ({how})")
+        if self.needs_bert_vocab and not (bert_vocab or os.environ.get(BERT_VOCAB_ENV)):
+            problems.append(f"{self.name!r} needs the Bio_ClinicalBERT vocabulary: set --bert-vocab DIR or "
+                            f"${BERT_VOCAB_ENV} to a directory holding its vocab.txt")
+        return "; ".join(problems) or None
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
+    """Add ``spec`` to the registry (``replace=True`` to override an existing name)."""
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"model {spec.name!r} is already registered (target {_REGISTRY[spec.name].factory})")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available() -> list[str]:
+    """Registered model names, built-in and from installed entry points."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of ``name``; an unknown name raises with the closest registered names."""
+    _load_entry_points()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:  # ad-hoc "module:factory" model
+        return ModelSpec(name=name, factory=name, description=f"ad-hoc model {name}", builtin_weights=True)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint} Registered: {', '.join(sorted(_REGISTRY))}. "
+                            "Add one with the 'cxr_robust.models' entry point group or pass 'module:factory'.")
+
+
+def resolve(target: str) -> Callable[..., Any]:
+    """Import ``"module:attr"`` and return the attribute."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"model target {target!r} must look like 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"cannot import {module_name!r} for model target {target!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"module {module_name!r} has no attribute {attr!r} (model target {target!r})") from None
+
+
+def load_model(name: str, weights: str | Path | None = None, weights_dir: str | Path | None = None,
+               **options: Any) -> "RetrievalModel":  # noqa: F821
+    """Build registered model ``name`` with its weights; raises :class:`MissingWeightsError` if absent."""
+    spec = get_spec(name)
+    reason = spec.missing(weights, weights_dir, options.get("bert_vocab"))
+    if reason:
+        raise MissingWeightsError(reason)
+    path = None if spec.builtin_weights and not weights else spec.locate_weights(weights, weights_dir)
+    factory = resolve(spec.factory)
+    model = factory(weights=path, **{**spec.options, **options})
+    if not getattr(model, "name", ""):
+        model.name = name
+    return model
+
+
+_ENTRY_POINTS_LOADED = False
+
+
+def _load_entry_points() -> None:
+    """Register models that installed packages declare in the ``cxr_robust.models`` group.
+
+    Each entry point names a callable returning a :class:`ModelSpec` (or a list of them).
+    """
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="cxr_robust.models"):
+        specs = ep.load()()
+        for spec in specs if isinstance(specs, (list, tuple)) else [specs]:
+            register(spec, replace=True)

@@ -1,0 +1,1 @@
+"""pytest plugin of cxr-robust (options, fixtures and the robustness grid) -- being written."""
