@@ -1,0 +1,285 @@
+"""The occlusion sweep for one (model, dataset): texts once, images decoded once, one image pass per ratio.
+
+Unlike the paper's Algorithm 1 (one model call per image-report pair, a fresh occlusion in the inner loop),
+each report is encoded once per model and cached on disk, each image is decoded and preprocessed once, each
+(image, ratio) is occluded once from a seed derived from (run seed, image id, ratio), and all pairs are
+scored with one matrix product per ratio. Every k comes from the same ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from cxr_robust import PAPER_KS, PAPER_RATIOS, __version__
+from cxr_robust.cache import EmbeddingCache
+from cxr_robust.data.retrieval_set import RetrievalSet
+from cxr_robust.data.text_policy import TextPolicy
+from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
+from cxr_robust.occlusion import check_ratio, occlude_batch, sample_boxes
+
+if TYPE_CHECKING:
+    import torch
+
+    from cxr_robust.models.base import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteEmbeddingError(FloatingPointError):
+    """A model produced NaN or Inf embeddings."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep measures and how. ``device=None`` picks CUDA when present."""
+
+    ratios: tuple[float, ...] = PAPER_RATIOS
+    ks: tuple[int, ...] = PAPER_KS
+    seed: int = 0
+    fill: int = 0
+    batch_size: int = 256
+    device: str | None = None
+    text_policy: TextPolicy | None = None
+    tie_policy: str = "expected"
+    decode_workers: int = 0
+    cache_images: bool = True
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        for r in self.ratios:
+            check_ratio(r)
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive integers, got {self.ks}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class SweepResult:
+    """Per-ratio rank counts of every query, the Recall@k grid, and the run's metadata (ids and numbers only)."""
+
+    model: str
+    dataset: str
+    baseline_row: str | None
+    text_policy: str
+    seed: int
+    ks: tuple[int, ...]
+    counts: dict[float, RankCounts]
+    image_ids: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    tie_policy: str = "expected"
+
+    @property
+    def n_queries(self) -> int:
+        """M."""
+        return len(self.image_ids)
+
+    @property
+    def n_candidates(self) -> int:
+        """N."""
+        return next(iter(self.counts.values())).n_candidates
+
+    def recall(self, ratio: float, k: int) -> float:
+        """Recall@k (a fraction) at occlusion ``ratio``."""
+        return recall_at_k(self.counts[ratio], [k], self.tie_policy)[k]
+
+    def grid(self) -> dict[float, dict[int, float]]:
+        """``{ratio: {k: recall}}`` for every measured cell."""
+        return {r: recall_at_k(c, self.ks, self.tie_policy) for r, c in self.counts.items()}
+
+    def hits(self, ratio: float, k: int) -> np.ndarray:
+        """Per-query hits at depth ``k`` (expected value under ties): the input of paired tests."""
+        return self.counts[ratio].hits(k, self.tie_policy)
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_finite(emb: "torch.Tensor", ids: Sequence[str], model: str, what: str) -> None:
+    """Raise naming the model and the first offending ids if ``emb`` has NaN or Inf rows."""
+    import torch
+
+    bad = (~torch.isfinite(emb).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(str(ids[i]) for i in bad[:5])
+        raise NonFiniteEmbeddingError(f"model {model!r} produced NaN/Inf {what} embeddings for {len(bad)} item(s), "
+                                      f"first: {shown}; check the weights file and the input data")
+
+
+def _progress(iterable: Any, total: int, desc: str, enabled: bool | None) -> Any:
+    """A tqdm bar only when stderr is a terminal (CI logs stay clean)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
+
+
+def preprocess_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0,
+                      progress: bool | None = None) -> "torch.Tensor":
+    """Decode and geometrically preprocess every image once: ``uint8 (M, C, S, S)``.
+
+    Decoding runs in a thread pool (PIL releases the GIL while decoding); JPEGs are decoded in draft mode
+    at the smallest scale that still covers the model input.
+    """
+    import os
+
+    import torch
+
+    def one(i: int) -> np.ndarray:
+        return model.preprocess(data.open_image(i, draft_size=model.input_size))
+
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        arrays = list(_progress(pool.map(one, range(data.num_images)), data.num_images,
+                                f"{model.name}: decode", progress))
+    if not arrays:
+        raise ValueError(f"dataset {data.name} has no images")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def encode_texts(model: "RetrievalModel", texts: list[str], study_ids: list[str], batch_size: int,
+                 progress: bool | None = None) -> np.ndarray:
+    """Embed report texts in batches (float32, L2-normalised), checking they are finite."""
+    import torch
+
+    out = []
+    starts = range(0, len(texts), batch_size)
+    with torch.inference_mode():
+        for s in _progress(starts, len(starts), f"{model.name}: texts", progress):
+            emb = model.encode_texts(texts[s:s + batch_size]).float().cpu()
+            check_finite(emb, study_ids[s:s + batch_size], model.name, "report")
+            out.append(emb)
+    return torch.cat(out).numpy()
+
+
+def encode_occluded(model: "RetrievalModel", pixels: "torch.Tensor", image_ids: list[str], ratio: float,
+                    config: SweepConfig, device: str) -> np.ndarray:
+    """Occlude every image at ``ratio`` (boxes seeded per image id) and embed, batch by batch on ``device``."""
+    import torch
+
+    _, _, h, w = pixels.shape
+    boxes = torch.from_numpy(sample_boxes(image_ids, ratio, config.seed, h, w))
+    out = []
+    starts = range(0, pixels.shape[0], config.batch_size)
+    with torch.inference_mode():
+        for s in _progress(starts, len(starts), f"{model.name}: occ {ratio:.2%}", config.progress):
+            batch = pixels[s:s + config.batch_size].to(device, non_blocking=True)
+            batch = occlude_batch(batch, boxes[s:s + config.batch_size].to(device), fill=config.fill)
+            emb = model.encode_images(batch).float().cpu()
+            check_finite(emb, image_ids[s:s + config.batch_size], model.name, f"image (occlusion {ratio:.2%})")
+            out.append(emb)
+    return torch.cat(out).numpy()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"cxr_robust": __version__, "python": sys.version.split()[0]}
+    for dist in ("torch", "open_clip_torch", "transformers", "numpy", "pillow"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig = SweepConfig(),
+              cache: EmbeddingCache | None = None,
+              on_ratio: Callable[[float, RankCounts], None] | None = None) -> SweepResult:
+    """Measure Recall@k of ``model`` on ``data`` at every ratio of ``config``.
+
+    Text embeddings (and, with ``config.cache_images``, occluded-image embeddings) are read from ``cache``
+    when present, so a rerun encodes nothing that has not changed and an interrupted run resumes.
+    """
+    import torch
+
+    from cxr_robust.scoring import score_ranks
+
+    t_start = time.perf_counter()
+    cache = cache or EmbeddingCache()
+    device = pick_device(config.device)
+    model.to(device)
+    for module in model.torch_modules():
+        module.eval()
+    check_ks(config.ks, data.num_studies)
+    policy = TextPolicy.parse(config.text_policy or model.default_text_policy)
+    fp = model.fingerprint()
+    versions = _versions()
+    timings: dict[str, float] = {}
+    encoded = {"texts": 0, "images": 0}
+
+    t0 = time.perf_counter()
+    texts = data.texts(policy)
+    empty = [sid for sid, t in zip(data.study_ids, texts) if not t.strip()]
+    if empty:
+        raise ValueError(f"dataset {data.name}: {len(empty)} report(s) are empty under text policy "
+                         f"{policy.value!r}, e.g. study {empty[0]}; fix the reports or choose another policy")
+    text_key = {"model": fp, "text_policy": policy.value, "texts": data.text_fingerprint(policy),
+                "torch": versions.get("torch"), "device_kind": device.split(":")[0]}
+
+    def compute_texts() -> np.ndarray:
+        encoded["texts"] += len(texts)
+        return encode_texts(model, texts, data.study_ids, config.batch_size, config.progress)
+
+    text_emb, _ = cache.get_or_compute("text", text_key, compute_texts)
+    timings["texts_s"] = time.perf_counter() - t0
+    text_t = torch.from_numpy(text_emb).to(device)
+
+    pixels: "torch.Tensor | None" = None
+    image_fp = data.image_fingerprint() if config.cache_images else None
+    counts: dict[float, RankCounts] = {}
+    for ratio in config.ratios:
+        t0 = time.perf_counter()
+
+        def compute_images(ratio: float = ratio) -> np.ndarray:
+            nonlocal pixels
+            if pixels is None:
+                t_dec = time.perf_counter()
+                pixels = preprocess_images(data, model, config.decode_workers, config.progress)
+                timings["decode_s"] = time.perf_counter() - t_dec
+            encoded["images"] += data.num_images
+            return encode_occluded(model, pixels, data.image_ids, ratio, config, device)
+
+        if config.cache_images:
+            image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), "ratio": ratio,
+                         "seed": config.seed, "fill": config.fill, "torch": versions.get("torch"),
+                         "device_kind": device.split(":")[0]}
+            image_emb, _ = cache.get_or_compute("image", image_key, compute_images)
+        else:
+            image_emb = compute_images()
+        counts[ratio] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, data.image_study)
+        timings[f"ratio_{ratio:g}_s"] = time.perf_counter() - t0
+        if on_ratio:
+            on_ratio(ratio, counts[ratio])
+
+    timings["total_s"] = time.perf_counter() - t_start
+    meta = {
+        "model": model.name, "model_fingerprint": fp, "dataset": data.name, "dataset_counts": data.counts(),
+        "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
+        "credentialed": data.credentialed, "device": device, "seed": config.seed, "fill": config.fill,
+        "batch_size": config.batch_size, "text_policy": policy.value, "tie_policy": config.tie_policy,
+        "text_encodings": encoded["texts"], "image_encodings": encoded["images"],
+        "cache_dir": str(cache.root), "timings": {k: round(v, 3) for k, v in timings.items()},
+        "versions": versions,
+    }
+    return SweepResult(model=model.name, dataset=data.name, baseline_row=model.baseline_row,
+                       text_policy=policy.value, seed=config.seed, ks=tuple(config.ks), counts=counts,
+                       image_ids=list(data.image_ids), meta=meta, tie_policy=config.tie_policy)
