@@ -1,0 +1,1 @@
+"""The project's own tests; a package so helpers import as ``tests.fake_mimic``."""

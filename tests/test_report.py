@@ -1,0 +1,387 @@
+"""The HTML report: verdicts, numbers, privacy, well-formedness, self-containment and atomic writing."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import xml.etree.ElementTree as ET
+from html import escape
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cxr_robust.report import cell_state, overall_verdict, render_report, write_report
+from cxr_robust.results import PAPER_COUNTS, SCHEMA, ModelOutcome
+from cxr_robust.stats import CellDecision
+
+RATIOS = (0.0, 0.0025, 0.25)
+KS = (5, 10)
+N_CANDIDATES, N_QUERIES = 994, 1770
+RULE = "one-sided z-test, Holm-adjusted over the model's grid, fail if adjusted p < alpha=0.05"
+SECRET = "SECRET-REPORT-TEXT-42"
+# A 1x1 PNG, as a phantom example image would be embedded.
+PNG_1X1 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==")
+VOID = {"meta", "br", "img", "input", "hr", "link", "col", "area", "base", "wbr", "source", "track", "embed"}
+
+
+# ----- synthetic documents ----------------------------------------------------------------------------------
+def _recall(ratio: float, k: int) -> float:
+    """A plausible Recall@k grid: rises with k, falls with occlusion."""
+    return round(0.1 + 0.004 * k - 0.3 * ratio, 4)
+
+
+def _cell(model: str, ratio: float, k: int, *, shift: float = 0.0, baseline: bool = True,
+          passed: bool | None = True, chance_passed: bool = True, **extra: Any) -> dict:
+    """One cell as the gate stores it (``CellDecision.as_dict()``), so the schema stays in step."""
+    base = _recall(ratio, k) if baseline else None
+    d = CellDecision(model=model, ratio=ratio, k=k, measured=_recall(ratio, k) + shift, n_queries=N_QUERIES,
+                     n_candidates=N_CANDIDATES, chance=k / N_CANDIDATES, baseline=base,
+                     se=0.01 if baseline else None, tolerance=0.0231 if baseline else None,
+                     p_value=0.4 if baseline else None, p_adjusted=(0.8 if passed else 0.001) if baseline else None,
+                     passed=passed if baseline else None, chance_mode="above" if baseline else "not-below",
+                     chance_passed=chance_passed, rule=RULE, extras=dict(extra))
+    return d.as_dict()
+
+
+def _meta(model: str, **overrides: Any) -> dict:
+    meta = {"model": model, "model_fingerprint": {"adapter": "OpenClipAdapter", "name": model, "input_size": 224,
+                                                  "weights_sha256": "ab12cd34" * 8},
+            "dataset": "phantom-eval-s0", "dataset_counts": {"studies": 400, "images": 720,
+                                                             "views": {"AP": 300, "LATERAL": 120, "PA": 300}},
+            "device": "cpu", "seed": 0, "text_policy": "findings+impression", "tie_policy": "optimistic",
+            "text_encodings": 0, "image_encodings": 2160, "cache_dir": "/tmp/cache",
+            "timings": {"texts_s": 0.012, "ratio_0_s": 1.5, "total_s": 4.25},
+            "versions": {"cxr_robust": "0.1.0", "python": "3.11.9", "torch": "2.14.1", "numpy": "2.1.0"}}
+    meta.update(overrides)
+    return meta
+
+
+def _measured(model: str, cells: list[dict], **kw: Any) -> dict:
+    return ModelOutcome(model, "measured", baseline_row=model, baseline_source="baselines/phantom.csv",
+                        text_policy="findings+impression", meta=_meta(model), cells=cells, **kw).__dict__
+
+
+def _grid(model: str, **kw: Any) -> list[dict]:
+    return [_cell(model, r, k, **kw) for r in RATIOS for k in KS]
+
+
+def _doc(models: list[dict], *, credentialed: bool = False, **extra: Any) -> dict:
+    doc = {"schema": SCHEMA, "created": "2025-01-01T00:00:00+00:00", "paper_counts": dict(PAPER_COUNTS),
+           "config": {"models": [m["model"] for m in models], "dataset": "phantom", "seed": 0, "alpha": 0.05,
+                      "require_all": False, "update_baselines": False, "ks": list(KS), "ratios": list(RATIOS)},
+           "rule": RULE,
+           "dataset": {"name": "phantom-eval-s0", "kind": "phantom", "credentialed": credentialed,
+                       "counts": {"studies": 400, "images": 720, "views": {"AP": 300, "LATERAL": 120, "PA": 300}},
+                       "exclusions": {}},
+           "git": "7a796e1abcde-dirty", "models": models}
+    doc.update(extra)
+    return doc
+
+
+def _failing_grid(model: str) -> list[dict]:
+    """A grid whose (25 %, k=10) cell regressed by 5 pp."""
+    cells = _grid(model)
+    bad = next(i for i, c in enumerate(cells) if c["ratio"] == 0.25 and c["k"] == 10)
+    cells[bad] = _cell(model, 0.25, 10, shift=-0.05, passed=False)
+    return cells
+
+
+def example_document() -> dict:
+    """A document with every kind of model entry (also used to render /tmp/cxr_report_example.html)."""
+    ok = _measured("phantom-clip", _grid("phantom-clip"),
+                   summary={"auc": {"value": 0.4123, "ci": [0.40, 0.425]}, "relative_drop": {"value": 0.12}})
+    bad = _measured("cxr-clip-swint", _failing_grid("cxr-clip-swint"))
+    bad["cells"][0] = _cell("cxr-clip-swint", 0.0, 5, chance_passed=False)
+    nobase = _measured("biovil", _grid("biovil", baseline=False))
+    skipped = ModelOutcome("medclip", "skipped", reason="weights missing: set --cxr-weights medclip=PATH "
+                                                          "(or $CXR_ROBUST_WEIGHTS_DIR)").__dict__
+    errored = ModelOutcome("cxr-repair", "error", reason="RuntimeError: CUDA out of memory").__dict__
+    examples = [{"image_id": "ph-0001", "report": "No acute <cardiopulmonary> process.", "image_png_base64": PNG_1X1}]
+    return _doc([ok, bad, nobase, skipped, errored], examples=examples)
+
+
+# ----- checkers ---------------------------------------------------------------------------------------------
+class _Balance(HTMLParser):
+    """Collects tags and attributes; fails on a closing tag that does not match the open one."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.attrs: list[tuple[str, str, str | None]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs.extend((tag, k, v) for k, v in attrs)
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs.extend((tag, k, v) for k, v in attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def _parse(html: str) -> _Balance:
+    parser = _Balance()
+    parser.feed(html)
+    parser.close()
+    assert not parser.errors, parser.errors[:5]
+    assert not parser.stack, f"unclosed: {parser.stack}"
+    return parser
+
+
+def _svgs(html: str) -> list[ET.Element]:
+    return [ET.fromstring(s) for s in re.findall(r"<svg\b.*?</svg>", html, flags=re.S)]
+
+
+def _cell_classes(html: str) -> list[str]:
+    return re.findall(r"<td class=(pass|fail|nobase|missing) title=", html)
+
+
+def _visible_text(html: str) -> str:
+    """The page's text without tags, to test what a reader sees."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+# ----- verdicts and numbers ---------------------------------------------------------------------------------
+def test_passing_model_shows_pass_and_its_numbers() -> None:
+    html = render_report(_doc([_measured("phantom-clip", _grid("phantom-clip"))]))
+    assert "verdict v-pass'>PASS<" in html
+    assert _cell_classes(html) == ["pass"] * len(RATIOS) * len(KS)
+    # (25 %, k=10): 0.1 + 0.04 - 0.075 = 6.50 %; baseline identical; difference +0.00 pp.
+    assert "6.50 %" in html and "base 6.50 %" in html and "+0.00 pp" in html
+    assert "<b>6</b> passed · <b>0</b> failed" in html
+    assert "0.25 %</th>" in html and "25 %</th>" in html and "k = 10</th>" in html
+
+
+def test_failing_cell_fails_the_report_and_is_marked() -> None:
+    html = render_report(_doc([_measured("cxr-clip-swint", _failing_grid("cxr-clip-swint"))]))
+    assert "verdict v-fail'>FAIL<" in html
+    assert _cell_classes(html).count("fail") == 1
+    assert "-5.00 pp" in html and "1.50 %" in html  # 6.50 % - 5 pp
+    assert "cxr-clip-swint: 1 of 6 cells failing" in html
+    tooltip = re.search(r"<td class=fail title='([^']*)'", html).group(1)
+    for fragment in ("tolerance ±2.31 pp", "Holm-adjusted p = 0.001", "chance k/N = 1.006 %",
+                     "N = 994 candidate reports", "M = 1,770 query images"):
+        assert fragment in tooltip
+    assert "stroke='#c62828' stroke-width='2'/>" in html.split("<svg", 1)[1]  # ringed in the plot
+
+
+def test_chance_failure_gets_a_badge_and_fails() -> None:
+    cells = _grid("m")
+    cells[0] = _cell("m", 0.0, 5, chance_passed=False)
+    html = render_report(_doc([_measured("m", cells)]))
+    assert "<span class=badge>not above chance</span>" in html
+    assert cell_state(cells[0]) == "fail"
+    assert overall_verdict(_doc([_measured("m", cells)]))[0] == "FAIL"
+
+
+def test_model_without_baselines_is_grey_and_passes_unless_require_all() -> None:
+    doc = _doc([_measured("biovil", _grid("biovil", baseline=False))])
+    html = render_report(doc)
+    assert _cell_classes(html) == ["nobase"] * 6
+    assert "base —" in html and "verdict v-pass'>PASS<" in html
+    assert "6 cells have no baseline (not compared)" in html
+    doc["config"]["require_all"] = True
+    assert overall_verdict(doc)[0] == "FAIL"
+
+
+def test_skipped_and_errored_models_show_their_reasons() -> None:
+    reason = "weights missing: set --cxr-weights medclip=PATH (or $CXR_ROBUST_WEIGHTS_DIR)"
+    doc = _doc([ModelOutcome("medclip", "skipped", reason=reason).__dict__,
+                ModelOutcome("cxr-repair", "error", reason="RuntimeError: CUDA out of memory").__dict__])
+    html = render_report(doc)
+    assert escape(reason) in html and "skipped — to run it" in html
+    assert "RuntimeError: CUDA out of memory" in html
+    assert "verdict v-fail'>FAIL<" in html  # an error fails every cell of the model
+    only_skipped = render_report(_doc([ModelOutcome("medclip", "skipped", reason=reason).__dict__]))
+    assert "NOTHING MEASURED" in only_skipped
+
+
+def test_summary_rendered_generically() -> None:
+    model = _measured("m", _grid("m"), summary={"auc": {"value": 0.4123, "ci": [0.4, 0.425]},
+                                                  "relative_drop": {"value": 0.12, "ci": [0.1, 0.14]}, "n": 3})
+    html = render_report(_doc([model]))
+    assert "<h4>Summary</h4>" in html
+    assert "<th>auc</th>" in html and "0.4123 <span class=muted>[0.4, 0.425]</span>" in html
+    assert "<th>relative_drop</th>" in html and "<th>n</th>" in html
+    assert "0.12 <span class=muted>[0.1, 0.14]</span>" in html
+    bare = render_report(_doc([_measured("m", _grid("m"), summary={"drop": {"value": 0.2, "method": "paired"}})]))
+    assert "0.2 <span class=muted>(method=paired)</span>" in bare
+    assert "<h4>Summary</h4>" not in render_report(_doc([_measured("m", _grid("m"))]))
+
+
+def test_header_dataset_counts_beside_paper_and_exclusions() -> None:
+    doc = _doc([_measured("m", _grid("m"))])
+    doc["dataset"]["exclusions"] = {"missing_report": 3, "view_filter": 11}
+    html = render_report(doc)
+    assert "phantom-eval-s0" in html
+    assert "<td class=num>400</td><td class=num>994</td><td class=num>-594</td>" in html
+    assert "<td class=num>720</td><td class=num>1,770</td><td class=num>-1,050</td>" in html
+    assert "<th>LATERAL</th><td class=mono>120</td>" in html
+    assert "<th>view_filter</th><td class=mono>11</td>" in html
+    assert escape(RULE) in html
+
+
+def test_exclusions_fall_back_to_the_loaders_dataset_meta() -> None:
+    model = _measured("m", _grid("m"))
+    model["meta"]["dataset_meta"] = {"excluded_studies": {"missing_report": 2}, "excluded_images": {"missing_image": 5}}
+    html = render_report(_doc([model]))
+    assert "<th>missing_report</th><td class=mono>2</td>" in html and "<th>missing_image</th>" in html
+
+
+def test_metadata_and_cache_proof() -> None:
+    html = render_report(_doc([_measured("m", _grid("m"))]))
+    assert "report texts encoded this run: 0 (all from the embedding cache)" in html
+    assert "image embeddings computed this run: 2,160" in html
+    assert "ab12cd34" * 8 in html and "<th>weights_sha256</th>" in html
+    assert "<th>torch</th><td class=mono>2.14.1</td>" in html
+    assert "<th>total_s</th><td class=mono>4.25</td>" in html
+    assert "<th>device</th><td class=mono>cpu</td>" in html and "<th>seed</th><td class=mono>0</td>" in html
+    assert "7a796e1abcde-dirty" in html and "<h3>Effective configuration</h3>" in html
+    assert "<th>alpha</th><td class=mono>0.05</td>" in html
+
+
+# ----- the plot ---------------------------------------------------------------------------------------------
+def test_plot_is_valid_svg_with_one_series_per_k() -> None:
+    html = render_report(_doc([_measured("m", _grid("m"))]))
+    (svg,) = _svgs(html)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert svg.find(f"{ns}title") is not None and "Recall@k of m" in svg.find(f"{ns}title").text
+    lines = svg.findall(f"{ns}polyline")
+    assert sum(1 for p in lines if p.get("stroke-dasharray") is None) == len(KS)  # measured
+    assert sum(1 for p in lines if p.get("stroke-dasharray") == "6 4") == len(KS)  # baseline
+    chance = [ln for ln in svg.findall(f"{ns}line") if ln.get("stroke-dasharray") == "1 3"]
+    assert len(chance) >= len(KS)
+    # Evenly spaced categorical x axis, whatever the ratio values.
+    xs = sorted({float(c.get("cx")) for c in svg.findall(f"{ns}circle") if c.get("r") == "3"})
+    assert len(xs) == len(RATIOS)
+    steps = {round(b - a, 1) for a, b in zip(xs, xs[1:])}
+    assert len(steps) == 1
+    texts = [t.text for t in svg.iter(f"{ns}text")]
+    assert "Recall@k (%)" in texts and any(t and t.startswith("occlusion ratio") for t in texts)
+    assert "k = 5" in texts and "baseline" in texts and "chance k/N" in texts
+
+
+# ----- privacy and escaping ---------------------------------------------------------------------------------
+def test_credentialed_report_holds_no_text_fields() -> None:
+    model = _measured("cxr-clip", [_cell("cxr-clip", r, k, findings=SECRET) for r in RATIOS for k in KS],
+                      summary={"auc": {"value": 0.5, "ci": [0.4, 0.6]}, "impression": SECRET})
+    model["meta"]["findings"] = SECRET
+    model["meta"]["model_fingerprint"]["report_text"] = SECRET
+    model["meta"]["versions"]["examples"] = SECRET
+    doc = _doc([model], credentialed=True,
+               examples=[{"image_id": "s1", "report": SECRET, "image_png_base64": PNG_1X1}])
+    doc["dataset"]["findings"] = SECRET
+    doc["dataset"]["exclusions"] = {"missing_report": 1, "findings_text": SECRET}
+    doc["config"]["text"] = SECRET
+    html = render_report(doc)
+    assert SECRET not in html
+    for name in ("findings", "impression", "report_text", "examples", "text", "findings_text"):
+        assert f"<th>{name}</th>" not in html
+    assert "data:image/png" not in html and "<h2>Examples</h2>" not in html
+    assert "<th>missing_report</th>" in html and "<th>auc</th>" in html  # ids and numbers still there
+    _parse(html)
+
+
+def test_phantom_examples_gallery_is_embedded_and_escaped() -> None:
+    doc = _doc([_measured("m", _grid("m"))], examples=[
+        {"image_id": "ph-1", "report": "No <b>acute</b> process.", "image_png_base64": PNG_1X1},
+        {"image_id": "ph-2", "report": "x", "image_png_base64": "x' onerror='alert(1)"}])
+    html = render_report(doc)
+    assert "<h2>Examples</h2>" in html
+    assert f"src='data:image/png;base64,{PNG_1X1}'" in html
+    assert "No &lt;b&gt;acute&lt;/b&gt; process." in html
+    assert "onerror" not in html  # invalid image data is dropped, not embedded
+    assert base64.b64decode(PNG_1X1).startswith(b"\x89PNG")
+
+
+def test_model_name_with_markup_is_escaped() -> None:
+    name = "evil<script>alert('x')</script>\"&"
+    doc = _doc([_measured(name, _grid(name)),
+                ModelOutcome("<b>skip</b>", "skipped", reason="set <PATH> & retry").__dict__])
+    html = render_report(doc)
+    assert "<script" not in html and "<b>skip</b>" not in html
+    assert "evil&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&quot;&amp;" in html
+    assert "set &lt;PATH&gt; &amp; retry" in html
+    _parse(html)
+    _svgs(html)
+
+
+# ----- structure --------------------------------------------------------------------------------------------
+def test_example_document_is_well_formed_and_self_contained() -> None:
+    html = render_report(example_document())
+    parser = _parse(html)
+    assert len(_svgs(html)) == 3
+    assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
+    for tag, name, value in parser.attrs:
+        if name in ("src", "href", "xlink:href", "action", "poster"):
+            assert value and (value.startswith("#") or value.startswith("data:image/png;base64,")), (tag, value)
+        assert not name.startswith("on"), (tag, name)
+    style = re.search(r"<style>(.*?)</style>", html, re.S).group(1)
+    assert "url(" not in style and "@import" not in style
+    # The only http(s) string is the SVG namespace name, which is never fetched.
+    assert set(re.findall(r"https?://[^\s'\"]*", html)) == {"http://www.w3.org/2000/svg"}
+    text = _visible_text(html)
+    assert "medclip: skipped" in text and "cxr-repair: error" in text
+    assert "not above chance" in text
+
+
+@pytest.mark.parametrize("doc", [
+    {},
+    {"models": None, "dataset": None, "config": None},
+    {"models": "nonsense"},
+    {"models": [{"model": "x", "status": "error"}]},
+    {"models": [{"model": "x", "status": "measured"}]},
+    {"models": [{"model": "x", "status": "measured", "meta": None, "cells": [{"k": 5}, {"ratio": 0.0}, None]}]},
+    {"models": [{"model": "x", "status": "measured", "cells": [{"ratio": 0.0, "k": 5, "measured": 0.2}]}],
+     "dataset": {"name": "d", "counts": {"studies": 10}}},
+    {"models": [{"model": "x", "status": "weird", "reason": None}], "paper_counts": None},
+])
+def test_partial_documents_render(doc: dict) -> None:
+    html = render_report(doc)
+    _parse(html)
+    for svg in _svgs(html):
+        assert svg is not None
+    assert "could not be rendered" not in html  # no section needed the safety net
+
+
+def test_nothing_measured_verdict() -> None:
+    html = render_report({"models": []})
+    assert "NOTHING MEASURED" in html and "no model was configured" in html
+
+
+# ----- writing ----------------------------------------------------------------------------------------------
+def test_write_report_replaces_atomically(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "report.html"
+    assert write_report(_doc([_measured("first-model", _grid("first-model"))]), str(target)) == target
+    assert "first-model" in target.read_text(encoding="utf-8")
+    write_report(_doc([_measured("second-model", _grid("second-model"))]), target)
+    content = target.read_text(encoding="utf-8")
+    assert "second-model" in content and "first-model" not in content
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]
+
+
+def test_failed_write_keeps_the_old_report_and_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "report.html"
+    write_report(_doc([]), target)
+    before = target.read_text(encoding="utf-8")
+
+    def broken_replace(src: Any, dst: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(example_document(), target)
+    assert target.read_text(encoding="utf-8") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
