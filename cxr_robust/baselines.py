@@ -84,8 +84,19 @@ class BaselineTable:
         """All cells of ``model``."""
         return [c for c in self.cells if c.model == model]
 
+    def datasets(self) -> list[str]:
+        """Datasets the table has rows for, in file order."""
+        return list(dict.fromkeys(c.dataset for c in self.cells))
+
+    def for_dataset(self, dataset: str) -> "BaselineTable":
+        """The rows recorded on ``dataset``."""
+        return BaselineTable([c for c in self.cells if c.dataset == dataset], self.path)
+
     def get(self, model: str, k: int, ratio: float) -> BaselineCell | None:
-        """The baseline for (model, k, ratio), or None when the table has no such cell."""
+        """The baseline for (model, k, ratio), or None when the table has no such cell.
+
+        Use :meth:`for_dataset` first when the table holds several datasets.
+        """
         return self._index.get((model, int(k), ratio_key(ratio)))
 
 

@@ -1,1 +1,305 @@
-"""pytest plugin of cxr-robust (options, fixtures and the robustness grid) -- being written."""
+"""pytest plugin: the robustness gate as parametrized tests over model x occlusion ratio x k.
+
+Registered through the ``pytest11`` entry point, so any project that installs cxr-robust gets the options
+and the ``gate_cell`` fixture. A test module asks for ``gate_cell`` and is parametrized with one case per
+(model, ratio, k); see ``tests/test_robustness.py``::
+
+    @pytest.mark.robustness
+    def test_recall_not_below_baseline(gate_cell):
+        gate_cell.check_baseline()
+
+Heavy imports (torch, open_clip) happen only when a cell is first evaluated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from cxr_robust.gate import GateSession, ModelRun
+    from cxr_robust.stats import CellDecision
+
+_SESSION_KEY: "pytest.StashKey[GateSession]" = pytest.StashKey()
+
+# option name -> (ini name, environment variable, help); the command line overrides ini, ini overrides env.
+_OPTIONS: dict[str, tuple[str, str | None, str]] = {
+    "cxr_models": ("cxr_robust_models", "CXR_ROBUST_MODELS",
+                   "comma-separated models to gate (default: phantom-clip and the four Table 1 models)"),
+    "cxr_dataset": ("cxr_robust_dataset", "CXR_ROBUST_DATASET", "phantom (default), mimic or manifest"),
+    "phantom_studies": ("cxr_robust_phantom_studies", None,
+                        "studies in the phantom eval set (default 994, the paper's count; smaller for smoke runs)"),
+    "mimic_root": ("cxr_robust_mimic_root", "CXR_ROBUST_MIMIC_ROOT", "MIMIC-CXR-JPG root directory"),
+    "mimic_reports": ("cxr_robust_mimic_reports", "CXR_ROBUST_MIMIC_REPORTS",
+                      "mimic-cxr-reports.zip, a files/ tree of reports, or mimic_cxr_sectioned.csv"),
+    "mimic_split": ("cxr_robust_mimic_split", None, "MIMIC-CXR split (default validate)"),
+    "cxr_views": ("cxr_robust_views", None, "view filter: all (default), frontal, PA, AP, lateral"),
+    "cxr_manifest": ("cxr_robust_manifest", "CXR_ROBUST_MANIFEST", "CSV/Parquet manifest for --cxr-dataset manifest"),
+    "weights_dir": ("cxr_robust_weights_dir", "CXR_ROBUST_WEIGHTS_DIR", "directory holding published weights files"),
+    "bert_vocab": ("cxr_robust_bert_vocab", "CXR_ROBUST_BERT_VOCAB", "directory with Bio_ClinicalBERT's vocab.txt"),
+    "cxr_device": ("cxr_robust_device", "CXR_ROBUST_DEVICE", "cpu, cuda, cuda:1 ... (default: cuda when present)"),
+    "cxr_ratios": ("cxr_robust_ratios", None, "comma-separated occlusion ratios in percent (default: the paper's)"),
+    "cxr_ks": ("cxr_robust_ks", None, "comma-separated k (default: 5,10,20,30,50,100)"),
+    "cxr_seed": ("cxr_robust_seed", None, "occlusion seed (default 0)"),
+    "cxr_batch_size": ("cxr_robust_batch_size", None, "images/texts per forward pass (default 256)"),
+    "cxr_cache_dir": ("cxr_robust_cache_dir", "CXR_ROBUST_CACHE_DIR", "embedding cache (default ~/.cache/cxr_robust)"),
+    "cxr_report": ("cxr_robust_report", None, "directory for report.html, results.json, results.csv "
+                                              "(default ./cxr-robust-report)"),
+    "cxr_baselines": ("cxr_robust_baselines", None, "comma-separated baseline CSVs (default: baselines/*.csv)"),
+    "cxr_alpha": ("cxr_robust_alpha", None, "family-wise error rate of the gate per model (default 0.05)"),
+    "cxr_text_policy": ("cxr_robust_text_policy", None,
+                        "override every model's report text: findings_impression, impression or longest"),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The gate's options (``pytest --help``, group cxr-robust)."""
+    group = parser.getgroup("cxr-robust", "chest X-ray occlusion-robustness gate")
+    for dest, (ini, env, help_) in _OPTIONS.items():
+        flag = "--" + dest.replace("_", "-")
+        group.addoption(flag, dest=dest, default=None, help=help_ + (f" [env {env}]" if env else ""))
+        parser.addini(ini, help=help_, default=None)
+    group.addoption("--weights", dest="cxr_weights", action="append", default=[], metavar="MODEL=PATH",
+                    help="weights file for one model (repeatable), e.g. --weights clip=~/w/ViT-B-32.pt")
+    group.addoption("--require-all", action="store_true", default=False,
+                    help="fail (instead of skip) cells whose model weights or data are absent (nightly jobs)")
+    group.addoption("--update-baselines", action="store_true", default=False,
+                    help="record the measured tables and per-query ranks in baselines/ instead of asserting")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the marks the gate uses, so ``--strict-markers`` accepts them without pytest-xdist."""
+    config.addinivalue_line("markers", "robustness: a cell of the cxr-robust occlusion gate")
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): keep a model's cells on one pytest-xdist worker")
+
+
+def _value(config: pytest.Config, dest: str) -> str | None:
+    ini, env, _ = _OPTIONS[dest]
+    cli = config.getoption(dest)
+    if cli not in (None, ""):
+        return str(cli)
+    ini_value = config.getini(ini)
+    if ini_value:
+        return str(ini_value)
+    return os.environ.get(env) if env else None
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def build_options(config: pytest.Config) -> "Any":
+    """GateOptions from the command line, ini file and environment."""
+    from cxr_robust.gate import GateOptions
+
+    kwargs: dict[str, Any] = {}
+    if models := _csv(_value(config, "cxr_models")):
+        kwargs["models"] = tuple(models)
+    simple = {"cxr_dataset": "dataset", "mimic_root": "mimic_root", "mimic_reports": "mimic_reports",
+              "mimic_split": "mimic_split", "cxr_views": "views", "cxr_manifest": "manifest",
+              "weights_dir": "weights_dir", "bert_vocab": "bert_vocab", "cxr_device": "device",
+              "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir", "cxr_text_policy": "text_policy"}
+    for dest, field_name in simple.items():
+        if (v := _value(config, dest)) is not None:
+            kwargs[field_name] = v
+    if ratios := _csv(_value(config, "cxr_ratios")):
+        kwargs["ratios"] = tuple(float(r) / 100.0 for r in ratios)
+    if ks := _csv(_value(config, "cxr_ks")):
+        kwargs["ks"] = tuple(int(k) for k in ks)
+    for dest, field_name, cast in (("phantom_studies", "phantom_studies", int), ("cxr_seed", "seed", int),
+                                   ("cxr_batch_size", "batch_size", int),
+                                   ("cxr_alpha", "alpha", float)):
+        if (v := _value(config, dest)) is not None:
+            kwargs[field_name] = cast(v)
+    if baselines := _csv(_value(config, "cxr_baselines")):
+        kwargs["baselines"] = tuple(baselines)
+    weights = {}
+    for item in config.getoption("cxr_weights"):
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise pytest.UsageError(f"--weights expects MODEL=PATH, got {item!r}")
+        weights[name] = path
+    kwargs.update(weights=weights, require_all=config.getoption("require_all"),
+                  update_baselines=config.getoption("update_baselines"))
+    try:
+        return GateOptions(**kwargs)
+    except ValueError as exc:
+        raise pytest.UsageError(f"cxr-robust: {exc}") from None
+
+
+def _session(config: pytest.Config) -> "GateSession":
+    if _SESSION_KEY not in config.stash:
+        from cxr_robust.gate import GateSession
+
+        config.stash[_SESSION_KEY] = GateSession(build_options(config), config.rootpath)
+    return config.stash[_SESSION_KEY]
+
+
+@dataclass(frozen=True)
+class CellParam:
+    """The parameter of one gate case: which model, ratio and k."""
+
+    model: str
+    ratio: float
+    k: int
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize every test that uses ``gate_cell`` with the configured model x ratio x k grid."""
+    if "gate_cell" not in metafunc.fixturenames:
+        return
+    from cxr_robust.gate import cell_id
+    from cxr_robust.models import get_spec
+
+    options = _session(metafunc.config).options
+    for model in options.models:
+        try:
+            get_spec(model)
+        except KeyError as exc:
+            raise pytest.UsageError(f"cxr-robust: {exc}") from None
+    params = [pytest.param(CellParam(m, r, k), id=cell_id(m, r, k), marks=[pytest.mark.xdist_group(m)])
+              for m in options.models for r in options.ratios for k in options.ks]
+    metafunc.parametrize("gate_cell", params, indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Gate cases carry the ``robustness`` marker even if their module forgot it."""
+    for item in items:
+        if "gate_cell" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.robustness)
+
+
+class GateCell:
+    """What a gate test sees: the cell's verdicts and the assertions that state them in full."""
+
+    def __init__(self, param: CellParam, run: "ModelRun", session: "GateSession") -> None:
+        self.param = param
+        self.run = run
+        self.session = session
+        self.decision: "CellDecision" = run.decisions[(param.ratio, param.k)]
+
+    @property
+    def measured(self) -> float:
+        """Measured Recall@k (fraction)."""
+        return self.decision.measured
+
+    def _numbers(self) -> str:
+        d = self.decision
+        base = "none" if d.baseline is None else f"{100 * d.baseline:.2f}%"
+        tol = "n/a" if d.tolerance is None else f"{100 * d.tolerance:.2f} pp"
+        return (f"measured Recall@{d.k} = {100 * d.measured:.2f}%, baseline {base}, tolerance {tol}, "
+                f"chance {100 * d.chance:.2f}% (k/N), N = {d.n_candidates} reports, M = {d.n_queries} images")
+
+    def check_baseline(self) -> None:
+        """Fail when the measured value is significantly below its baseline under the gate rule."""
+        d, o = self.decision, self.session.options
+        if o.update_baselines:
+            assert 0.0 <= d.measured <= 1.0, f"{self.param}: Recall@k {d.measured} outside [0, 1]"
+            return
+        if d.baseline is None:
+            _skip_or_fail(f"no baseline row {self.run.result.baseline_row or self.param.model!r} for dataset "
+                          f"{self.session.dataset_name()!r} in {self.session.options.baselines_dir}/*.csv; record "
+                          "one with --update-baselines", o.require_all)
+        assert d.passed, (f"{self.param.model} at {100 * d.ratio:g}% occlusion regressed: {self._numbers()}; "
+                          f"difference {100 * (d.measured - d.baseline):+.2f} pp, Holm-adjusted p = "
+                          f"{d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})")
+
+    def check_chance(self) -> None:
+        """Fail when a clearly-above-chance cell is not clearly above chance, or any cell is clearly below."""
+        d = self.decision
+        if d.chance_mode == "above":
+            assert d.chance_passed, (f"{self.param.model} at {100 * d.ratio:g}% occlusion is no longer clearly "
+                                     f"above chance (its baseline is): {self._numbers()}; exact binomial p = "
+                                     f"{d.chance_p:.2g} >= {self.session.options.alpha}")
+        else:
+            assert d.chance_passed, (f"{self.param.model} at {100 * d.ratio:g}% occlusion is clearly BELOW chance, "
+                                     f"which means scoring or the report index is broken: {self._numbers()}; "
+                                     f"Holm-adjusted p = {d.chance_p_adjusted:.2g}")
+
+
+def _skip_or_fail(reason: str, require_all: bool) -> None:
+    if require_all:
+        pytest.fail(f"--require-all: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cxr_gate(request: pytest.FixtureRequest) -> "GateSession":
+    """The session's gate: options, the dataset and one cached sweep per model."""
+    return _session(request.config)
+
+
+@pytest.fixture
+def gate_cell(request: pytest.FixtureRequest, cxr_gate: "GateSession") -> GateCell:
+    """One (model, ratio, k) cell of the gate; skips (or fails with --require-all) when it cannot run."""
+    param: CellParam = request.param
+    reason = cxr_gate.unavailable_reason(param.model)
+    if reason:
+        cxr_gate.skipped[param.model] = reason
+        _skip_or_fail(f"{param.model}: {reason}", cxr_gate.options.require_all)
+    run = cxr_gate.run(param.model)
+    if run.error is not None:
+        pytest.fail(f"{param.model}: the sweep failed: {type(run.error).__name__}: {run.error}", pytrace=False)
+    cell = GateCell(param, run, cxr_gate)
+    request.node.stash[_CELL_KEY] = cell
+    return cell
+
+
+_CELL_KEY: "pytest.StashKey[GateCell]" = pytest.StashKey()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """With pytest-html, attach the cell's numbers to its row."""
+    outcome = yield
+    report = outcome.get_result()
+    cell = item.stash.get(_CELL_KEY, None)
+    if cell is None or report.when != "call" or not item.config.pluginmanager.hasplugin("html"):
+        return
+    try:
+        from pytest_html import extras
+    except ImportError:
+        return
+    report.extras = getattr(report, "extras", []) + [extras.text(cell._numbers(), name="cxr-robust cell")]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the results and HTML report (and baselines with --update-baselines) once per run."""
+    gate = session.config.stash.get(_SESSION_KEY, None)
+    if gate is None or not gate._runs or hasattr(session.config, "workerinput"):
+        return  # nothing measured, or an xdist worker (the controller's own run writes nothing either)
+    paths = gate.write_outputs()
+    if gate.options.update_baselines:
+        paths.update({f"baseline_{i}": p for i, p in enumerate(gate.update_baselines())})
+    session.config.stash[_PATHS_KEY] = paths
+
+
+_PATHS_KEY: "pytest.StashKey[dict[str, Path]]" = pytest.StashKey()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say where the report is and which models were skipped, and how to enable them."""
+    gate = config.stash.get(_SESSION_KEY, None)
+    if gate is None or not (gate._runs or gate.skipped):
+        return
+    tr = terminalreporter
+    tr.section("cxr-robust")
+    for model, run in gate._runs.items():
+        if run.result is not None:
+            meta = run.result.meta
+            failed = sum(1 for d in run.decisions.values() if d.passed is False or not d.chance_passed)
+            tr.write_line(f"{model}: {len(run.decisions)} cells on {meta['dataset']} "
+                          f"({meta['dataset_counts']['images']} images, {meta['dataset_counts']['studies']} reports), "
+                          f"{failed} failing; {meta['text_encodings']} report texts encoded this run; "
+                          f"sweep {meta['timings']['total_s']:.1f}s on {meta['device']}")
+        else:
+            tr.write_line(f"{model}: ERROR {run.error}")
+    for model, reason in gate.skipped.items():
+        tr.write_line(f"{model}: skipped: {reason}")
+    for kind, path in config.stash.get(_PATHS_KEY, {}).items():
+        tr.write_line(f"{kind}: {path}")

@@ -1,0 +1,300 @@
+"""The gate outside pytest: which models can run, the lazily computed sweep per model, verdicts, outputs.
+
+The pytest plugin and the CLI are thin layers over :class:`GateSession`. A model's sweep runs at most once
+per session, the first time any of its cells is needed, and its whole grid is decided together (the grid is
+the family of the multiple-testing correction, so a cell's verdict never depends on ``-k`` selection).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr_robust import PAPER_KS, PAPER_RATIOS
+from cxr_robust.baselines import BaselineCell, BaselineTable, write_table
+from cxr_robust.models import DEMO_MODEL, PAPER_MODELS, get_spec
+from cxr_robust.results import ModelOutcome, build_document, git_revision, save_ranks, write_results
+from cxr_robust.stats import CellDecision, CellInput, GateRule, decide
+
+if TYPE_CHECKING:
+    from cxr_robust.data.retrieval_set import RetrievalSet
+    from cxr_robust.engine import SweepResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS: tuple[str, ...] = (DEMO_MODEL, *PAPER_MODELS)
+DATASETS = ("phantom", "mimic", "manifest")
+
+
+class ModelUnavailable(Exception):
+    """A model that cannot run here (weights or data absent); the message says exactly what to set."""
+
+
+@dataclass
+class GateOptions:
+    """Everything that configures a gate run (command line > ini / pyproject > environment > defaults)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    dataset: str = "phantom"
+    data_seed: int = 0
+    phantom_studies: int | None = None
+    mimic_root: str | None = None
+    mimic_reports: str | None = None
+    mimic_split: str = "validate"
+    views: str = "all"
+    manifest: str | None = None
+    weights: dict[str, str] = field(default_factory=dict)
+    weights_dir: str | None = None
+    bert_vocab: str | None = None
+    device: str | None = None
+    ratios: tuple[float, ...] = PAPER_RATIOS
+    ks: tuple[int, ...] = PAPER_KS
+    seed: int = 0
+    batch_size: int = 256
+    cache_dir: str | None = None
+    report_dir: str = "cxr-robust-report"
+    baselines: tuple[str, ...] = ()
+    baselines_dir: str = "baselines"
+    alpha: float = 0.05
+    require_all: bool = False
+    update_baselines: bool = False
+    text_policy: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration as recorded in the report."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ModelRun:
+    """A model's sweep and its verdicts (or the error that stopped it)."""
+
+    model: str
+    result: "SweepResult | None" = None
+    decisions: dict[tuple[float, int], CellDecision] = field(default_factory=dict)
+    baseline_source: str | None = None
+    error: BaseException | None = None
+
+
+def cell_id(model: str, ratio: float, k: int) -> str:
+    """Readable test id of a cell, e.g. ``cxr-clip-swint-occ25-k10`` or ``clip-occ0.25-k5``."""
+    pct = f"{ratio * 100:.4f}".rstrip("0").rstrip(".")
+    return f"{model}-occ{pct}-k{k}"
+
+
+class GateSession:
+    """One gate run: options, the dataset (loaded once), and one :class:`ModelRun` per model (lazily)."""
+
+    def __init__(self, options: GateOptions, rootdir: str | Path = ".") -> None:
+        self.options = options
+        self.rootdir = Path(rootdir)
+        self.rule = GateRule(alpha=options.alpha)
+        self._dataset: "RetrievalSet | None" = None
+        self._dataset_error: BaseException | None = None
+        self._runs: dict[str, ModelRun] = {}
+        self._tables: list[BaselineTable] | None = None
+        self.skipped: dict[str, str] = {}
+
+    # ----- what can run ---------------------------------------------------------------------------------
+    def dataset_name(self) -> str:
+        """Name the baseline tables use for the configured dataset (without loading it)."""
+        o = self.options
+        if o.dataset == "phantom":
+            return f"phantom-eval-s{o.data_seed}" + (f"-n{o.phantom_studies}" if o.phantom_studies else "")
+        if o.dataset == "mimic":
+            return f"mimic-cxr-{o.mimic_split}"
+        return f"manifest-{Path(o.manifest or 'manifest').stem}"
+
+    def baseline_tables(self) -> list[BaselineTable]:
+        """Every baseline table configured (default: all CSVs in the baselines directory)."""
+        if self._tables is None:
+            paths = [Path(p) for p in self.options.baselines] or sorted(
+                p for p in (self.rootdir / self.options.baselines_dir).glob("*.csv") if p.name != "table1_random.csv")
+            self._tables = [BaselineTable.load(p) for p in paths]
+        return self._tables
+
+    def baseline_for(self, model: str) -> tuple[BaselineTable | None, str]:
+        """The table holding ``model``'s row on the configured dataset, and the row name."""
+        row = get_spec(model).baseline_row or model
+        for table in self.baseline_tables():
+            sub = table.for_dataset(self.dataset_name())
+            if sub.for_model(row):
+                return sub, row
+        return None, row
+
+    def unavailable_reason(self, model: str) -> str | None:
+        """Why ``model`` cannot run in this configuration (naming what to set), or None."""
+        o = self.options
+        spec = get_spec(model)
+        reasons = []
+        missing = spec.missing(o.weights.get(model), o.weights_dir, o.bert_vocab)
+        if missing:
+            reasons.append(missing)
+        if o.dataset == "mimic" and not o.mimic_root:
+            reasons.append("the mimic dataset needs --mimic-root PATH (or $CXR_ROBUST_MIMIC_ROOT)")
+        if o.dataset == "manifest" and not o.manifest:
+            reasons.append("the manifest dataset needs --cxr-manifest PATH")
+        if reasons and model in PAPER_MODELS and o.dataset == "phantom":
+            reasons.append(f"its Table 1 baseline is on MIMIC-CXR: add --cxr-dataset mimic --mimic-root PATH")
+        return "; ".join(reasons) or None
+
+    # ----- the data and the sweeps -------------------------------------------------------------------------
+    def dataset(self) -> "RetrievalSet":
+        """The evaluation set, loaded on first use (a load error is remembered, not retried per test)."""
+        if self._dataset_error is not None:
+            raise self._dataset_error
+        if self._dataset is None:
+            try:
+                self._dataset = self._load_dataset()
+            except BaseException as exc:
+                self._dataset_error = exc
+                raise
+        return self._dataset
+
+    def _load_dataset(self) -> "RetrievalSet":
+        o = self.options
+        if o.dataset == "phantom":
+            from cxr_robust.cache import default_cache_dir
+            from cxr_robust.data.phantom import phantom
+
+            cache = Path(o.cache_dir).expanduser() if o.cache_dir else default_cache_dir()
+            data = phantom("eval", seed=o.data_seed, num_studies=o.phantom_studies, cache_dir=cache / "phantom")
+            data.name = self.dataset_name()
+            return data
+        if o.dataset == "mimic":
+            from cxr_robust.data.mimic import load_mimic
+
+            data = load_mimic(o.mimic_root, reports=o.mimic_reports, split=o.mimic_split, views=o.views)
+        else:
+            from cxr_robust.data.manifest import load_manifest
+
+            data = load_manifest(o.manifest)
+        # Baseline tables refer to the dataset by the name computed from the options.
+        data.name = self.dataset_name()
+        return data
+
+    def run(self, model: str) -> ModelRun:
+        """The model's sweep and verdicts, computed once per session."""
+        if model not in self._runs:
+            self._runs[model] = self._run(model)
+        return self._runs[model]
+
+    def _run(self, model: str) -> ModelRun:
+        from cxr_robust.cache import EmbeddingCache
+        from cxr_robust.engine import SweepConfig, run_sweep
+        from cxr_robust.models import load_model
+
+        o = self.options
+        run = ModelRun(model)
+        try:
+            data = self.dataset()
+            net = load_model(model, weights=o.weights.get(model), weights_dir=o.weights_dir,
+                             **({"bert_vocab": o.bert_vocab} if get_spec(model).needs_bert_vocab else {}))
+            config = SweepConfig(ratios=tuple(o.ratios), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
+                                 device=o.device, text_policy=o.text_policy)
+            log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
+                     data.num_images, data.num_studies)
+            run.result = run_sweep(net, data, config, EmbeddingCache(o.cache_dir))
+            table, row = self.baseline_for(model)
+            run.baseline_source = str(table.path) if table is not None else None
+            run.decisions = self._decide(run.result, table, row)
+        except Exception as exc:  # remembered and reported by every cell of the model
+            run.error = exc
+        return run
+
+    def _decide(self, result: "SweepResult", table: BaselineTable | None,
+                row: str) -> dict[tuple[float, int], CellDecision]:
+        cells = []
+        grid = result.grid()
+        for ratio, by_k in grid.items():
+            for k, measured in by_k.items():
+                base = table.get(row, k, ratio) if table is not None else None
+                cells.append(CellInput(model=result.model, ratio=ratio, k=k, measured=measured,
+                                       n_queries=result.n_queries, n_candidates=result.n_candidates,
+                                       baseline=base.recall if base else None,
+                                       baseline_n_queries=base.n_queries if base else None))
+        return {(d.ratio, d.k): d for d in decide(cells, self.rule)}
+
+    # ----- outputs ---------------------------------------------------------------------------------------
+    def outcomes(self) -> list[ModelOutcome]:
+        """One entry per configured model: measured cells with verdicts, skipped, or errored."""
+        out = []
+        for model in self.options.models:
+            if model in self._runs:
+                run = self._runs[model]
+                if run.error is not None:
+                    out.append(ModelOutcome(model, "error", reason=f"{type(run.error).__name__}: {run.error}"))
+                    continue
+                assert run.result is not None
+                cells = [d.as_dict() for d in run.decisions.values()]
+                out.append(ModelOutcome(model, "measured", baseline_row=run.result.baseline_row,
+                                        baseline_source=run.baseline_source, text_policy=run.result.text_policy,
+                                        meta=run.result.meta, cells=cells))
+            elif model in self.skipped:
+                out.append(ModelOutcome(model, "skipped", reason=self.skipped[model]))
+        return out
+
+    def document(self) -> dict[str, Any]:
+        """The results document (see :mod:`cxr_robust.results`)."""
+        data = self._dataset
+        dataset = {"name": self.dataset_name(), "kind": self.options.dataset}
+        if data is not None:
+            exclusions = {f"{kind}: {reason}": n for kind in ("studies", "images")
+                          for reason, n in (data.meta.get(f"excluded_{kind}") or {}).items() if n}
+            dataset.update(counts=data.counts(), credentialed=data.credentialed, exclusions=exclusions,
+                           version=data.meta.get("dataset_version"), reports_source=data.meta.get("reports_source"))
+        run = {"config": self.options.effective(), "rule": self.rule.describe(), "dataset": dataset,
+               "git": git_revision(self.rootdir)}
+        return build_document(self.outcomes(), run)
+
+    def write_outputs(self) -> dict[str, Path]:
+        """Write JSON/CSV results and the HTML report into the report directory."""
+        from cxr_robust.report import write_report
+
+        directory = Path(self.options.report_dir)
+        doc = self.document()
+        paths = write_results(directory, doc)
+        paths["html"] = write_report(doc, directory / "report.html")
+        return paths
+
+    def update_baselines(self) -> list[Path]:
+        """Write measured tables (and per-query ranks) of the measured models into the baselines directory."""
+        written = []
+        base_dir = self.rootdir / self.options.baselines_dir
+        for model, run in self._runs.items():
+            if run.result is None:
+                continue
+            res = run.result
+            row = res.baseline_row or model
+            new = [BaselineCell(model=row, dataset=res.dataset, k=k, ratio=r, recall=v, n_queries=res.n_queries,
+                                n_candidates=res.n_candidates, seed=str(res.seed),
+                                source=f"cxr-robust --update-baselines ({res.meta.get('device')})")
+                   for r, by_k in res.grid().items() for k, v in by_k.items()]
+            table, _ = self.baseline_for(model)
+            path = Path(table.path) if table is not None and table.path else base_dir / f"{_slug(row)}__{res.dataset}.csv"
+            keep = []
+            if path.exists():
+                keep = [c for c in BaselineTable.load(path).cells if not (c.model == row and c.dataset == res.dataset)]
+            written.append(write_table(keep + new, path))
+            written.append(save_ranks(base_dir / "ranks" / f"{_slug(row)}__{res.dataset}__seed{res.seed}.npz",
+                                      res.counts, res.image_ids, {"model": model, **{k: res.meta[k] for k in
+                                      ("model_fingerprint", "dataset_counts", "text_policy", "seed")}}))
+        self._tables = None  # re-read on next use
+        return written
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def with_overrides(options: GateOptions, **changes: Any) -> GateOptions:
+    """A copy of ``options`` with ``changes`` applied (validated again)."""
+    return replace(options, **changes)

@@ -1,0 +1,167 @@
+"""Machine-readable results of a gate run (JSON + CSV + per-query ranks), written atomically.
+
+``results.json`` is the single source the HTML report is rendered from, so a report can be re-rendered
+later (``cxr-robust report``). It holds ids and numbers only: never report text or pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from cxr_robust.metrics import RankCounts
+
+SCHEMA = "cxr-robust/results/1"
+CSV_COLUMNS = ("model", "dataset", "k", "occlusion_pct", "recall_pct", "baseline_pct", "diff_pct",
+               "tolerance_pct", "chance_pct", "n_queries", "n_candidates", "passed", "chance_mode",
+               "chance_passed", "p_adjusted", "seed")
+PAPER_COUNTS = {"studies": 994, "images": 1770}
+
+
+@dataclass
+class ModelOutcome:
+    """One model's part of a run: its measured cells with verdicts, or why it was skipped."""
+
+    model: str
+    status: str  # "measured" | "skipped" | "error"
+    reason: str | None = None
+    baseline_row: str | None = None
+    baseline_source: str | None = None
+    text_policy: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def git_revision(cwd: str | Path | None = None) -> str | None:
+    """The current git commit (with ``-dirty``), or None outside a repository."""
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=cwd, text=True,
+                             capture_output=True, timeout=10, check=True).stdout.strip()
+        return rev or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_document(outcomes: Iterable[ModelOutcome], run: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document of a run: run metadata plus one entry per model."""
+    return {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "paper_counts": PAPER_COUNTS, **run, "models": [o.__dict__ for o in outcomes]}
+
+
+def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per measured cell (percentages rounded to 0.01)."""
+    rows = []
+    for m in doc["models"]:
+        for c in m["cells"]:
+            pct = (lambda v: None if v is None else round(100 * v, 4))
+            rows.append({"model": m["model"], "dataset": doc.get("dataset", {}).get("name"), "k": c["k"],
+                         "occlusion_pct": round(100 * c["ratio"], 4), "recall_pct": pct(c["measured"]),
+                         "baseline_pct": pct(c.get("baseline")),
+                         "diff_pct": None if c.get("baseline") is None else pct(c["measured"] - c["baseline"]),
+                         "tolerance_pct": pct(c.get("tolerance")), "chance_pct": pct(c["chance"]),
+                         "n_queries": c["n_queries"], "n_candidates": c["n_candidates"], "passed": c.get("passed"),
+                         "chance_mode": c.get("chance_mode"), "chance_passed": c.get("chance_passed"),
+                         "p_adjusted": c.get("p_adjusted"), "seed": m.get("meta", {}).get("seed")})
+    return rows
+
+
+def write_results(directory: str | Path, doc: dict[str, Any]) -> dict[str, Path]:
+    """Write ``results.json`` and ``results.csv`` into ``directory``; returns their paths."""
+    directory = Path(directory)
+    paths = {"json": directory / "results.json", "csv": directory / "results.csv"}
+    atomic_write_text(paths["json"], json.dumps(doc, indent=1, sort_keys=False, default=_jsonable))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(doc))
+    atomic_write_text(paths["csv"], buf.getvalue())
+    return paths
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json`` (or the directory holding one), checking its schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no results at {path}; run `pytest -m robustness` or `cxr-robust run` first") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); rerun the gate to regenerate it") from exc
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"{path} has schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+    return doc
+
+
+def save_ranks(path: str | Path, counts: dict[float, RankCounts], image_ids: list[str],
+               meta: dict[str, Any]) -> Path:
+    """Per-query rank counts of every ratio (for paired comparisons), written atomically as ``.npz``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {"image_ids": np.array(image_ids, dtype=str),
+                              "meta": np.array(json.dumps(meta, sort_keys=True, default=_jsonable))}
+    for ratio, c in counts.items():
+        arrays[f"above_{ratio!r}"] = c.above
+        arrays[f"ties_{ratio!r}"] = c.ties
+        arrays[f"n_{ratio!r}"] = np.array(c.n_candidates)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_ranks(path: str | Path) -> tuple[dict[float, RankCounts], list[str], dict[str, Any]]:
+    """Inverse of :func:`save_ranks`."""
+    with np.load(path, allow_pickle=False) as npz:
+        image_ids = [str(x) for x in npz["image_ids"]]
+        meta = json.loads(str(npz["meta"]))
+        counts = {}
+        for name in npz.files:
+            if name.startswith("above_"):
+                r = name[len("above_"):]
+                counts[float(r)] = RankCounts(npz[name], npz[f"ties_{r}"], int(npz[f"n_{r}"]))
+    return dict(sorted(counts.items())), image_ids, meta
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray,)):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)

@@ -1,0 +1,126 @@
+"""The pytest plugin driven end to end with ``pytester``: pass, regression, skips, --require-all, baselines.
+
+Each run uses the shipped demo model on a small phantom eval set (``--phantom-studies``) so the whole file
+takes seconds; the sweep itself is the same code the full gate runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+GATE_TESTS = '''
+def test_recall_not_below_baseline(gate_cell):
+    gate_cell.check_baseline()
+
+def test_recall_vs_chance(gate_cell):
+    gate_cell.check_chance()
+'''
+SMALL = ["--phantom-studies", "120", "--cxr-ratios", "0,9,81", "--cxr-ks", "5,10,50", "-p", "no:cacheprovider"]
+
+
+class GateProject:
+    """A pytester project with the two gate tests, its own baselines and report dirs, a shared cache."""
+
+    def __init__(self, pytester: pytest.Pytester, cache: Path) -> None:
+        self.pytester = pytester
+        self.path = pytester.path
+        self.args = SMALL + ["--cxr-cache-dir", str(cache), "--cxr-report", str(pytester.path / "report")]
+
+
+@pytest.fixture
+def gate_dir(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> GateProject:
+    pytester.makepyfile(test_gate=GATE_TESTS)
+    (pytester.path / "baselines").mkdir()
+    return GateProject(pytester, tmp_path_factory.getbasetemp() / "shared-embedding-cache")
+
+
+def run(p: GateProject, *args: str) -> pytest.RunResult:
+    return p.pytester.runpytest_subprocess(*p.args, *args)
+
+
+def record_baseline(p: GateProject) -> Path:
+    res = run(p, "--cxr-models", "phantom-clip", "--update-baselines")
+    res.assert_outcomes(passed=18)
+    written = list((p.path / "baselines").glob("*.csv"))
+    assert len(written) == 1, written
+    return written[0]
+
+
+def test_update_baselines_round_trip_then_pass(gate_dir: GateProject) -> None:
+    table = record_baseline(gate_dir)
+    text = table.read_text()
+    assert "phantom-clip,phantom-eval-s0-n120,5,0.00," in text
+    assert len(text.strip().splitlines()) == 1 + 9
+    ranks = list((gate_dir.path / "baselines" / "ranks").glob("*.npz"))
+    assert len(ranks) == 1
+    res = run(gate_dir, "--cxr-models", "phantom-clip")
+    res.assert_outcomes(passed=18)
+    res.stdout.fnmatch_lines(["*phantom-clip: 9 cells on phantom-eval-s0-n120*0 failing; 0 report texts encoded*",
+                              "html: *report.html"])
+    doc = json.loads((gate_dir.path / "report" / "results.json").read_text())
+    assert doc["models"][0]["status"] == "measured"
+    assert all(c["passed"] for c in doc["models"][0]["cells"])
+    assert (gate_dir.path / "report" / "report.html").stat().st_size > 1000
+    assert (gate_dir.path / "report" / "results.csv").read_text().count("\n") == 10
+
+
+def test_degraded_model_fails_with_numbers(gate_dir: GateProject, tmp_path: Path) -> None:
+    record_baseline(gate_dir)
+    degraded = tmp_path / "degraded.safetensors"
+    _write_degraded_weights(degraded, noise=0.5)
+    res = run(gate_dir, "--cxr-models", "phantom-clip", "--weights", f"phantom-clip={degraded}")
+    outcomes = res.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 3, res.stdout.str()
+    res.stdout.fnmatch_lines(["*phantom-clip at 0% occlusion regressed: measured Recall@10 = *%, baseline *%, "
+                              "tolerance * pp, chance 1.*% (k/N), N = 120 reports, M = * images*Holm*"])
+
+
+def test_missing_weights_skip_with_reason_and_require_all_fails(gate_dir: GateProject) -> None:
+    res = run(gate_dir, "--cxr-models", "clip", "--cxr-ks", "5")
+    res.assert_outcomes(skipped=6)
+    res.stdout.fnmatch_lines(["*clip: skipped: weights for 'clip' not found*CXR_ROBUST_CLIP_WEIGHTS*ViT-B-32.pt*"])
+    res = run(gate_dir, "--cxr-models", "clip", "--cxr-ks", "5", "--require-all")
+    res.assert_outcomes(failed=6)
+    res.stdout.fnmatch_lines(["*--require-all: clip: weights for 'clip' not found*"])
+
+
+def test_no_baseline_skips_only_the_baseline_test(gate_dir: GateProject) -> None:
+    res = run(gate_dir, "--cxr-models", "phantom-clip")
+    res.assert_outcomes(passed=9, skipped=9)
+    res.stdout.fnmatch_lines(["*no baseline row 'phantom-clip' for dataset 'phantom-eval-s0-n120'*--update-baselines*"])
+
+
+def test_unknown_model_is_a_usage_error(gate_dir: GateProject) -> None:
+    res = run(gate_dir, "--cxr-models", "phantom-clp")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*unknown model 'phantom-clp'*did you mean 'phantom-clip'*"])
+
+
+def test_collect_only_lists_the_full_paper_grid(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_gate=GATE_TESTS)
+    res = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    ids = [line for line in res.outlines if "::" in line]
+    assert len(ids) == 5 * 8 * 6 * 2
+    assert "test_gate.py::test_recall_not_below_baseline[cxr-clip-swint-occ25-k10]" in ids
+    assert "test_gate.py::test_recall_vs_chance[clip-occ0.25-k5]" in ids
+
+
+def _write_degraded_weights(path: Path, noise: float) -> None:
+    """The shipped demo weights with Gaussian noise on the image tower (a deliberately broken update)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cxr_robust.models.demo import WEIGHTS_FILE
+
+    state = load_file(str(WEIGHTS_FILE))
+    gen = torch.Generator().manual_seed(0)
+    for name, tensor in state.items():
+        if name.startswith("visual.") and tensor.ndim >= 2:
+            scale = tensor.float().std() * noise
+            state[name] = (tensor.float() + torch.randn(tensor.shape, generator=gen) * scale).half()
+    save_file(state, str(path))
