@@ -32,23 +32,24 @@ _BUILTINS = [
     ),
     ModelSpec(
         name="clip",
-        factory="cxr_robust.models.openclip:load_openai_clip",
+        factory="cxr_robust.models.clip_family:load_openai_clip",
         description="OpenAI CLIP ViT-B/32 (QuickGELU), TorchScript archive ViT-B-32.pt",
         baseline_row="CLIP",
         weight_files=("ViT-B-32.pt",),
         weights_env="CXR_ROBUST_CLIP_WEIGHTS",
         source_url="https://openaipublic.azureedge.net/clip/models/"
-                   "40d3715748e8dc5c1a8d8ec62b56e4dc1f2aa6f4e33a6c4cfa8d4db79a2c1b0e/ViT-B-32.pt",
+                   "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
     ),
     ModelSpec(
         name="cxr-repair",
-        factory="cxr_robust.models.openclip:load_cxr_repair",
+        factory="cxr_robust.models.clip_family:load_cxr_repair",
         description="CXR-RePaiR: CLIP ViT-B/32 fine-tuned on MIMIC-CXR impressions",
         baseline_row="CXR-RePaiR",
         default_text_policy=TextPolicy.IMPRESSION,
         weight_files=("clip-imp-pretrained_128_6_after_4.pt",),
         weights_env="CXR_ROBUST_CXR_REPAIR_WEIGHTS",
-        source_url="https://github.com/rajpurkarlab/CXR-RePaiR (README: Stanford Box link)",
+        source_url="https://stanfordmedicine.box.com/s/dbebk0jr5651dj8x1cu6b6kqyuuvz3ml "
+                   "(linked from https://github.com/rajpurkarlab/CXR-RePaiR)",
     ),
     ModelSpec(
         name="medclip-vit",
@@ -77,7 +78,8 @@ _BUILTINS = [
         default_text_policy=TextPolicy.LONGEST,
         weight_files=("swint_mcc.tar", "swint_mc.tar", "swint_m.tar"),
         weights_env="CXR_ROBUST_CXR_CLIP_SWINT_WEIGHTS",
-        source_url="https://github.com/Soombit-ai/cxr-clip (README: checkpoint table)",
+        source_url="https://twg.kakaocdn.net/brainrepo/models/cxr-clip/a25ce760064591c899f67c97ed7790de/swint_mcc.tar "
+                   "(all six checkpoints: README table of https://github.com/Soombit-ai/cxr-clip)",
         needs_bert_vocab=True,
     ),
     ModelSpec(
@@ -87,7 +89,8 @@ _BUILTINS = [
         default_text_policy=TextPolicy.LONGEST,
         weight_files=("r50_mcc.tar", "r50_mc.tar", "r50_m.tar"),
         weights_env="CXR_ROBUST_CXR_CLIP_R50_WEIGHTS",
-        source_url="https://github.com/Soombit-ai/cxr-clip (README: checkpoint table)",
+        source_url="https://twg.kakaocdn.net/brainrepo/models/cxr-clip/de4b5e4ae2047c1fb7960ddcd8d861cb/r50_mcc.tar "
+                   "(all six checkpoints: README table of https://github.com/Soombit-ai/cxr-clip)",
         needs_bert_vocab=True,
     ),
 ]
