@@ -9,6 +9,7 @@ scored with one matrix product per ratio. Every k comes from the same ranks.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,7 @@ class SweepConfig:
     text_policy: TextPolicy | None = None
     tie_policy: str = "expected"
     decode_workers: int = 0
+    draft_decode: bool = True
     cache_images: bool = True
     progress: bool | None = None
 
@@ -100,14 +102,20 @@ class SweepResult:
 
 
 def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
+    """``device`` if given, else ``cuda`` (one GPU per pytest-xdist worker) when available, else ``cpu``."""
     import torch
 
     if device:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
         return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # Under pytest-xdist each worker (gw0, gw1, ...) takes its own GPU, so models sweep in parallel.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and torch.cuda.device_count() > 1:
+        return f"cuda:{int(worker[2:]) % torch.cuda.device_count()}"
+    return "cuda"
 
 
 def check_finite(emb: "torch.Tensor", ids: Sequence[str], model: str, what: str) -> None:
@@ -133,18 +141,17 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool | None) -> Any
 
 
 def preprocess_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0,
-                      progress: bool | None = None) -> "torch.Tensor":
+                      progress: bool | None = None, draft: bool = True) -> "torch.Tensor":
     """Decode and geometrically preprocess every image once: ``uint8 (M, C, S, S)``.
 
     Decoding runs in a thread pool (PIL releases the GIL while decoding); JPEGs are decoded in draft mode
-    at the smallest scale that still covers the model input.
+    at the smallest scale that still covers the model's ``decode_size`` (``draft=False`` decodes in full, for
+    bit-faithful reproduction of an author's pipeline at the cost of decode time).
     """
-    import os
-
     import torch
 
     def one(i: int) -> np.ndarray:
-        return model.preprocess(data.open_image(i, draft_size=model.input_size))
+        return model.preprocess(data.open_image(i, draft_size=model.decode_size if draft else None))
 
     n_workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
@@ -253,14 +260,16 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             nonlocal pixels
             if pixels is None:
                 t_dec = time.perf_counter()
-                pixels = preprocess_images(data, model, config.decode_workers, config.progress)
+                pixels = preprocess_images(data, model, config.decode_workers, config.progress,
+                                           config.draft_decode)
                 timings["decode_s"] = time.perf_counter() - t_dec
             encoded["images"] += data.num_images
             return encode_occluded(model, pixels, data.image_ids, ratio, config, device)
 
         if config.cache_images:
             image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), "ratio": ratio,
-                         "seed": config.seed, "fill": config.fill, "torch": versions.get("torch"),
+                         "seed": config.seed, "fill": config.fill, "draft": config.draft_decode,
+                         "decode_size": model.decode_size, "torch": versions.get("torch"),
                          "device_kind": device.split(":")[0]}
             image_emb, _ = cache.get_or_compute("image", image_key, compute_images)
         else:
@@ -275,7 +284,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         "model": model.name, "model_fingerprint": fp, "dataset": data.name, "dataset_counts": data.counts(),
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
         "credentialed": data.credentialed, "device": device, "seed": config.seed, "fill": config.fill,
-        "batch_size": config.batch_size, "text_policy": policy.value, "tie_policy": config.tie_policy,
+        "batch_size": config.batch_size, "draft_decode": config.draft_decode, "text_policy": policy.value,
+        "tie_policy": config.tie_policy,
         "text_encodings": encoded["texts"], "image_encodings": encoded["images"],
         "cache_dir": str(cache.root), "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions,

@@ -255,12 +255,12 @@ class GateSession:
                "git": git_revision(self.rootdir)}
         return build_document(self.outcomes(), run)
 
-    def write_outputs(self) -> dict[str, Path]:
-        """Write JSON/CSV results and the HTML report into the report directory."""
+    def write_outputs(self, doc: dict[str, Any] | None = None) -> dict[str, Path]:
+        """Write JSON/CSV results and the HTML report (of ``doc``, default this session's) into the report dir."""
         from cxr_robust.report import write_report
 
         directory = Path(self.options.report_dir)
-        doc = self.document()
+        doc = doc if doc is not None else self.document()
         paths = write_results(directory, doc)
         paths["html"] = write_report(doc, directory / "report.html")
         return paths

@@ -74,6 +74,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Declare the marks the gate uses, so ``--strict-markers`` accepts them without pytest-xdist."""
     config.addinivalue_line("markers", "robustness: a cell of the cxr-robust occlusion gate")
+    if config.getoption("update_baselines", False) and getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--update-baselines writes baseline files from one process: run it without -n")
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): keep a model's cells on one pytest-xdist worker")
 
@@ -268,38 +270,79 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report.extras = getattr(report, "extras", []) + [extras.text(cell._numbers(), name="cxr-robust cell")]
 
 
+def _parts_dir(config: pytest.Config) -> Path:
+    return Path(_session(config).options.report_dir) / ".xdist-parts"
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, the controller clears the previous run's per-worker results."""
+    if _is_xdist_controller(session.config):
+        import shutil
+
+        shutil.rmtree(_parts_dir(session.config), ignore_errors=True)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the results and HTML report (and baselines with --update-baselines) once per run."""
-    gate = session.config.stash.get(_SESSION_KEY, None)
-    if gate is None or not gate._runs or hasattr(session.config, "workerinput"):
-        return  # nothing measured, or an xdist worker (the controller's own run writes nothing either)
-    paths = gate.write_outputs()
+    """Write the results and HTML report (and baselines with --update-baselines) once per run.
+
+    Under pytest-xdist each worker writes its models' results to a part file and the controller merges them.
+    """
+    config = session.config
+    from cxr_robust.results import atomic_write_text, load_results, merge_documents
+
+    if _is_xdist_controller(config):
+        parts_dir = _parts_dir(config)
+        parts = [load_results(p) for p in sorted(parts_dir.glob("*.json"))]
+        if not parts:
+            return
+        doc = merge_documents(parts)
+        paths = _session(config).write_outputs(doc)
+        import shutil
+
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        config.stash[_DOC_KEY] = doc
+        config.stash[_PATHS_KEY] = paths
+        return
+    gate = config.stash.get(_SESSION_KEY, None)
+    if gate is None or not (gate._runs or gate.skipped):
+        return
+    doc = gate.document()
+    config.stash[_DOC_KEY] = doc
+    if hasattr(config, "workerinput"):
+        import json
+
+        worker = config.workerinput.get("workerid", "worker")
+        atomic_write_text(_parts_dir(config) / f"{worker}.json", json.dumps(doc, default=str))
+        return
+    paths = gate.write_outputs(doc)
     if gate.options.update_baselines:
-        paths.update({f"baseline_{i}": p for i, p in enumerate(gate.update_baselines())})
-    session.config.stash[_PATHS_KEY] = paths
+        paths.update({f"baseline {i}": p for i, p in enumerate(gate.update_baselines(), start=1)})
+    config.stash[_PATHS_KEY] = paths
 
 
 _PATHS_KEY: "pytest.StashKey[dict[str, Path]]" = pytest.StashKey()
+_DOC_KEY: "pytest.StashKey[dict[str, Any]]" = pytest.StashKey()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """Say where the report is and which models were skipped, and how to enable them."""
-    gate = config.stash.get(_SESSION_KEY, None)
-    if gate is None or not (gate._runs or gate.skipped):
+    doc = config.stash.get(_DOC_KEY, None)
+    if doc is None or hasattr(config, "workerinput"):
         return
     tr = terminalreporter
     tr.section("cxr-robust")
-    for model, run in gate._runs.items():
-        if run.result is not None:
-            meta = run.result.meta
-            failed = sum(1 for d in run.decisions.values() if d.passed is False or not d.chance_passed)
-            tr.write_line(f"{model}: {len(run.decisions)} cells on {meta['dataset']} "
-                          f"({meta['dataset_counts']['images']} images, {meta['dataset_counts']['studies']} reports), "
-                          f"{failed} failing; {meta['text_encodings']} report texts encoded this run; "
-                          f"sweep {meta['timings']['total_s']:.1f}s on {meta['device']}")
+    for m in doc["models"]:
+        if m["status"] == "measured":
+            meta, counts = m["meta"], m["meta"]["dataset_counts"]
+            failed = sum(1 for c in m["cells"] if c.get("passed") is False or not c.get("chance_passed", True))
+            tr.write_line(f"{m['model']}: {len(m['cells'])} cells on {meta['dataset']} ({counts['images']} images, "
+                          f"{counts['studies']} reports), {failed} failing; {meta['text_encodings']} report texts "
+                          f"encoded this run; sweep {meta['timings']['total_s']:.1f}s on {meta['device']}")
         else:
-            tr.write_line(f"{model}: ERROR {run.error}")
-    for model, reason in gate.skipped.items():
-        tr.write_line(f"{model}: skipped: {reason}")
+            tr.write_line(f"{m['model']}: {m['status']}: {m['reason']}")
     for kind, path in config.stash.get(_PATHS_KEY, {}).items():
         tr.write_line(f"{kind}: {path}")

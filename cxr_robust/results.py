@@ -74,6 +74,23 @@ def build_document(outcomes: Iterable[ModelOutcome], run: dict[str, Any]) -> dic
             "paper_counts": PAPER_COUNTS, **run, "models": [o.__dict__ for o in outcomes]}
 
 
+def merge_documents(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document from the per-worker documents of a pytest-xdist run (models in first-seen order)."""
+    if not parts:
+        raise ValueError("no partial results to merge")
+    merged = dict(parts[0])
+    models: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for m in part["models"]:
+            # a measured or errored entry beats a "skipped" one written by a worker that never ran the model
+            if m["model"] not in models or models[m["model"]]["status"] == "skipped":
+                models[m["model"]] = m
+        if part.get("dataset", {}).get("counts"):
+            merged["dataset"] = part["dataset"]
+    merged["models"] = list(models.values())
+    return merged
+
+
 def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per measured cell (percentages rounded to 0.01)."""
     rows = []

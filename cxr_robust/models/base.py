@@ -57,6 +57,14 @@ class RetrievalModel(abc.ABC):
         It becomes part of the embedding cache key and of the report metadata; it must be JSON-serialisable.
         """
 
+    decode_size_hint: int | None = None
+    """Set by adapters whose geometry first resizes to a side larger than the input (CXR-CLIP's 512)."""
+
+    @property
+    def decode_size(self) -> int:
+        """Smallest image side worth decoding (JPEG draft mode never decodes below it)."""
+        return max(self.input_size, self.decode_size_hint or 0)
+
     def preprocess_key(self) -> str:
         """Identifies the geometric preprocessing, so decoded pixels can be shared between models."""
         return f"{type(self).__name__}:{self.input_channels}x{self.input_size}"

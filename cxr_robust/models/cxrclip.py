@@ -238,6 +238,7 @@ def _load_cxrclip(variant: str, weights: str | Path | None, bert_vocab: str | Pa
             "text_pooling": "[SEP] token of the last hidden state",
         },
     )
+    adapter.decode_size_hint = pre_resize  # decode at least at the 512 pre-resize, not at 224
     return adapter.to(device)  # type: ignore[return-value]
 
 

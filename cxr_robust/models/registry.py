@@ -78,9 +78,13 @@ class ModelSpec:
                 problems.append(f"weights for {self.name!r} not found ({how}; published at {self.source_url})")
             elif not path.exists():
                 problems.append(f"weights file {path} for {self.name!r} does not exist ({how})")
-        if self.needs_bert_vocab and not (bert_vocab or os.environ.get(BERT_VOCAB_ENV)):
-            problems.append(f"{self.name!r} needs the Bio_ClinicalBERT vocabulary: set --bert-vocab DIR or "
-                            f"${BERT_VOCAB_ENV} to a directory holding its vocab.txt")
+        if self.needs_bert_vocab:
+            from cxr_robust.models.bert import find_bert_vocab  # light: no torch/transformers import
+
+            try:  # explicit value, then $CXR_ROBUST_BERT_VOCAB, then an existing Hugging Face cache
+                find_bert_vocab(bert_vocab, model_name=repr(self.name))
+            except MissingWeightsError as exc:
+                problems.append(str(exc))
         return "; ".join(problems) or None
 
 
