@@ -1,0 +1,146 @@
+"""End-to-end sweep benchmarks: the engine against the naive pipeline, warm cache, peak memory, scaling.
+
+    python benchmarks/sweep_benchmark.py compare            # engine vs naive, same run; warm-cache rerun
+    python benchmarks/sweep_benchmark.py memory             # peak RSS of the 8-ratio sweep (fresh process)
+    python benchmarks/sweep_benchmark.py scaling            # 250 / 1,000 / 4,000 phantom studies
+    python benchmarks/sweep_benchmark.py all --out docs/benchmarks.json
+
+Every ratio is measured within one run (engine and naive pipeline on the same machine, same load), so the
+ratios mean something on any hardware; absolute seconds are printed for context only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+from cxr_robust import PAPER_KS, PAPER_RATIOS
+from cxr_robust.cache import EmbeddingCache
+from cxr_robust.data.phantom import phantom
+from cxr_robust.engine import SweepConfig, run_sweep
+from cxr_robust.metrics import recall_at_k
+from cxr_robust.models import load_model
+from cxr_robust.occlusion import apply_box, derive_seed, sample_box
+from cxr_robust.scoring import score_ranks
+
+
+def naive_sweep(model: Any, data: Any, ratios: tuple[float, ...], seed: int) -> dict[float, dict[int, float]]:
+    """The pipeline without the engine's reuse: per ratio, re-decode and re-preprocess every image, encode
+    one image at a time, and re-encode every report (one at a time), then score."""
+    import torch
+
+    grid = {}
+    policy = model.default_text_policy
+    with torch.inference_mode():
+        for ratio in ratios:
+            texts = data.texts(policy)
+            text_emb = torch.cat([model.encode_texts([t]) for t in texts])
+            image_emb = []
+            for i, iid in enumerate(data.image_ids):
+                pixels = model.preprocess(data.open_image(i))
+                box = sample_box(pixels.shape[-2], pixels.shape[-1], ratio, derive_seed(seed, iid, ratio))
+                image_emb.append(model.encode_images(torch.from_numpy(apply_box(pixels, box))[None]))
+            counts = score_ranks(torch.cat(image_emb), text_emb, data.image_study)
+            grid[ratio] = recall_at_k(counts, PAPER_KS)
+    return grid
+
+
+def compare(studies: int | None) -> dict[str, Any]:
+    """Engine (cold cache), engine (warm cache) and the naive pipeline on the same data and model."""
+    data = phantom("eval", num_studies=studies)
+    model = load_model("phantom-clip")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = EmbeddingCache(tmp)
+        t0 = time.perf_counter()
+        cold = run_sweep(model, data, SweepConfig(), cache)
+        cold_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        warm = run_sweep(model, data, SweepConfig(cache_images=False), cache)
+        warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive = naive_sweep(model, data, PAPER_RATIOS, seed=0)
+    naive_s = time.perf_counter() - t0
+    max_diff = max(abs(naive[r][k] - cold.grid()[r][k]) for r in PAPER_RATIOS for k in PAPER_KS)
+    out = {"images": data.num_images, "studies": data.num_studies, "engine_cold_s": round(cold_s, 2),
+           "engine_warm_text_cache_s": round(warm_s, 2), "naive_s": round(naive_s, 2),
+           "speedup_vs_naive": round(naive_s / cold_s, 1),
+           "warm_rerun_text_encodings": warm.meta["text_encodings"],
+           "cold_run_text_encodings": cold.meta["text_encodings"],
+           "max_recall_difference_engine_vs_naive": max_diff}
+    print(f"sweep of {data.num_images} images x {len(PAPER_RATIOS)} ratios: engine {cold_s:.1f}s, naive {naive_s:.1f}s "
+          f"-> {naive_s / cold_s:.1f}x (target >= 5x); warm-cache rerun encoded {warm.meta['text_encodings']} reports "
+          f"(cold: {cold.meta['text_encodings']}); max |Recall difference| engine vs naive {max_diff:.2e}")
+    return out
+
+
+def _memory_child(studies: int | None) -> None:
+    data = phantom("eval", num_studies=studies)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = load_model("phantom-clip")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_sweep(model, data, SweepConfig(), EmbeddingCache(tmp))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"images": data.num_images, "rss_after_data_mb": before / 1024, "peak_rss_mb": peak / 1024}))
+
+
+def memory(studies: int | None) -> dict[str, Any]:
+    """Peak resident memory of a fresh process running the full sweep (includes torch itself)."""
+    cmd = [sys.executable, __file__, "_memory_child"] + (["--studies", str(studies)] if studies else [])
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    print(f"peak RSS of the {res['images']}-image sweep: {res['peak_rss_mb']:.0f} MB (target < 1536 MB; "
+          f"{res['rss_after_data_mb']:.0f} MB after generating the data)")
+    return res
+
+
+def scaling(sizes: tuple[int, ...] = (250, 1000, 4000)) -> list[dict[str, Any]]:
+    """Sweep cost at several dataset sizes: image encoding grows with M, scoring with M x N."""
+    rows = []
+    model = load_model("phantom-clip")
+    for n in sizes:
+        data = phantom("eval", num_studies=n, seed=1)  # seed 1: not the cached default set
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = run_sweep(model, data, SweepConfig(), EmbeddingCache(tmp))
+            total = time.perf_counter() - t0
+        ratio_s = sum(v for k, v in res.meta["timings"].items() if k.startswith("ratio_"))
+        rows.append({"studies": n, "images": data.num_images, "total_s": round(total, 2),
+                     "texts_s": res.meta["timings"]["texts_s"], "decode_s": res.meta["timings"].get("decode_s"),
+                     "ratios_s": round(ratio_s, 2), "per_image_ms": round(1000 * total / data.num_images, 2)})
+        print(f"{n:5d} studies / {data.num_images:5d} images: total {total:6.1f}s, texts "
+              f"{rows[-1]['texts_s']:.1f}s, decode {rows[-1]['decode_s']:.1f}s, 8 ratios {ratio_s:.1f}s "
+              f"({rows[-1]['per_image_ms']:.1f} ms per image)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["compare", "memory", "scaling", "all", "_memory_child"])
+    p.add_argument("--studies", type=int, default=None, help="phantom eval studies (default 994)")
+    p.add_argument("--out", type=Path, default=None, help="write the measurements as JSON")
+    args = p.parse_args(argv)
+    if args.what == "_memory_child":
+        _memory_child(args.studies)
+        return 0
+    results: dict[str, Any] = {"python": sys.version.split()[0]}
+    if args.what in ("compare", "all"):
+        results["compare"] = compare(args.studies)
+    if args.what in ("memory", "all"):
+        results["memory"] = memory(args.studies)
+    if args.what in ("scaling", "all"):
+        results["scaling"] = scaling()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
