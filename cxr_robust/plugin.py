@@ -78,6 +78,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--update-baselines writes baseline files from one process: run it without -n")
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): keep a model's cells on one pytest-xdist worker")
+    from cxr_robust.models import get_spec
+
+    for model in _session(config).options.models:  # a typo is a usage error before anything runs
+        try:
+            get_spec(model)
+        except KeyError as exc:
+            raise pytest.UsageError(f"cxr-robust: {exc}") from None
 
 
 def _value(config: pytest.Config, dest: str) -> str | None:
@@ -156,14 +163,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "gate_cell" not in metafunc.fixturenames:
         return
     from cxr_robust.gate import cell_id
-    from cxr_robust.models import get_spec
 
     options = _session(metafunc.config).options
-    for model in options.models:
-        try:
-            get_spec(model)
-        except KeyError as exc:
-            raise pytest.UsageError(f"cxr-robust: {exc}") from None
     params = [pytest.param(CellParam(m, r, k), id=cell_id(m, r, k), marks=[pytest.mark.xdist_group(m)])
               for m in options.models for r in options.ratios for k in options.ks]
     metafunc.parametrize("gate_cell", params, indirect=True)
@@ -267,7 +268,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         from pytest_html import extras
     except ImportError:
         return
-    report.extras = getattr(report, "extras", []) + [extras.text(cell._numbers(), name="cxr-robust cell")]
+    from html import escape
+
+    # Inline HTML (not a text attachment) so the pytest-html file stays self-contained.
+    report.extras = getattr(report, "extras", []) + [extras.html(f"<div class='cxr-robust-cell'>"
+                                                                 f"{escape(cell._numbers())}</div>")]
 
 
 def _parts_dir(config: pytest.Config) -> Path:

@@ -20,7 +20,7 @@ def test_recall_not_below_baseline(gate_cell):
 def test_recall_vs_chance(gate_cell):
     gate_cell.check_chance()
 '''
-SMALL = ["--phantom-studies", "120", "--cxr-ratios", "0,9,81", "--cxr-ks", "5,10,50", "-p", "no:cacheprovider"]
+SMALL = ["--phantom-studies", "120", "--cxr-ratios", "0,9,81", "--cxr-ks", "5,10,50", "-p", "no:cacheprovider", "-rs"]
 
 
 class GateProject:
@@ -29,7 +29,10 @@ class GateProject:
     def __init__(self, pytester: pytest.Pytester, cache: Path) -> None:
         self.pytester = pytester
         self.path = pytester.path
-        self.args = SMALL + ["--cxr-cache-dir", str(cache), "--cxr-report", str(pytester.path / "report")]
+        # --rootdir: pytest would otherwise take the common ancestor of path-like arguments as rootdir,
+        # and the baselines/ directory is looked up under rootdir.
+        self.args = SMALL + ["--rootdir", str(pytester.path), "--cxr-cache-dir", str(cache),
+                             "--cxr-report", str(pytester.path / "report")]
 
 
 @pytest.fixture
@@ -124,3 +127,24 @@ def _write_degraded_weights(path: Path, noise: float) -> None:
             scale = tensor.float().std() * noise
             state[name] = (tensor.float() + torch.randn(tensor.shape, generator=gen) * scale).half()
     save_file(state, str(path))
+
+
+def test_two_xdist_workers_give_the_same_results_as_one(gate_dir: GateProject) -> None:
+    record_baseline(gate_dir)
+    one = json.loads((gate_dir.path / "report" / "results.json").read_text())
+    res = run(gate_dir, "--cxr-models", "phantom-clip,clip", "-n", "2", "--dist", "loadgroup")
+    res.assert_outcomes(passed=18, skipped=18)
+    two = json.loads((gate_dir.path / "report" / "results.json").read_text())
+    by_model = {m["model"]: m for m in two["models"]}
+    assert by_model["clip"]["status"] == "skipped"
+    key = lambda c: (c["ratio"], c["k"])  # noqa: E731
+    assert sorted((key(c), c["measured"]) for c in by_model["phantom-clip"]["cells"]) == \
+        sorted((key(c), c["measured"]) for c in one["models"][0]["cells"])
+    assert not (gate_dir.path / "report" / ".xdist-parts").exists()
+
+
+def test_pytest_html_rows_carry_the_cell(gate_dir: GateProject) -> None:
+    record_baseline(gate_dir)
+    html = gate_dir.path / "tests.html"
+    run(gate_dir, "--cxr-models", "phantom-clip", "--html", str(html)).assert_outcomes(passed=18)
+    assert "measured Recall@10 = " in html.read_text()

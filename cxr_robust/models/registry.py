@@ -140,7 +140,7 @@ def load_model(name: str, weights: str | Path | None = None, weights_dir: str | 
     reason = spec.missing(weights, weights_dir, options.get("bert_vocab"))
     if reason:
         raise MissingWeightsError(reason)
-    path = None if spec.builtin_weights and not weights else spec.locate_weights(weights, weights_dir)
+    path = spec.locate_weights(weights, weights_dir)  # None for built-in weights unless overridden
     factory = resolve(spec.factory)
     model = factory(weights=path, **{**spec.options, **options})
     if not getattr(model, "name", ""):
