@@ -4,7 +4,9 @@ An entry is one ``.npz`` file holding the array and a JSON header with the full 
 the array bytes. Writes go to a temporary file that is renamed into place, so a reader never sees half a
 file; a lock file per entry makes concurrent pytest-xdist workers wait for one computation instead of
 repeating it. An entry whose checksum or key does not match (truncated, corrupted, hash collision) is
-deleted and rebuilt, never used.
+deleted and rebuilt, never used; temporary files left by a killed writer are never read, and are deleted
+when their entry is next computed. A failed write (disk full, directory not writable) raises
+:class:`CacheError` naming the directory and leaves no file behind.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -66,27 +67,44 @@ class EmbeddingCache:
         return self.root / kind / f"{key_digest({'kind': kind, **key})[:40]}.npz"
 
     def get_or_compute(self, kind: str, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-        """The cached array for ``key``, computing and storing it on a miss. Returns ``(array, was_hit)``."""
+        """The cached array for ``key``, computing and storing it on a miss. Returns ``(array, was_hit)``.
+
+        Concurrent callers with the same key (pytest-xdist workers sharing the directory) wait on one lock
+        per entry, so exactly one of them computes; the others then read its entry.
+        """
         from filelock import FileLock, Timeout
 
         path = self.path_for(kind, key)
         self._ensure_dir(path.parent)
         full_key = {"kind": kind, **key}
-        cached = self._read(path, full_key, kind)
+        cached, _ = self._read(path, full_key)
         if cached is not None:
             self.stats.count(kind, "hits")
             return cached, True
+        lock = FileLock(str(path) + ".lock")
         try:
-            with FileLock(str(path) + ".lock", timeout=self.lock_timeout):
-                cached = self._read(path, full_key, kind)  # another worker may have written it meanwhile
-                if cached is not None:
-                    self.stats.count(kind, "hits")
-                    return cached, True
-                array = np.ascontiguousarray(compute())
-                self._write(path, full_key, array)
+            lock.acquire(timeout=self.lock_timeout)
         except Timeout as exc:
             raise CacheError(f"waited {self.lock_timeout:.0f}s for the cache lock {path}.lock; another process "
                              "holds it (delete the .lock file if no other run is active)") from exc
+        except OSError as exc:  # the lock file itself cannot be created
+            raise CacheError(f"cannot create the lock file {path}.lock ({exc.strerror or exc}); point --cache-dir "
+                             f"or ${DEFAULT_CACHE_ENV} at a writable directory") from exc
+        try:
+            # Another worker may have written the entry meanwhile. An entry found corrupt only now, under the
+            # lock, is rebuilt (a corrupt read outside the lock may be a race, so it is not acted on there).
+            cached, status = self._read(path, full_key)
+            if cached is not None:
+                self.stats.count(kind, "hits")
+                return cached, True
+            self._remove_stale_tmp(path)
+            if status == "corrupt":
+                self.stats.count(kind, "rebuilt_corrupt")
+                path.unlink(missing_ok=True)
+            array = np.ascontiguousarray(compute())
+            self._write(path, full_key, array)
+        finally:
+            lock.release()
         self.stats.count(kind, "misses")
         return array, False
 
@@ -100,37 +118,46 @@ class EmbeddingCache:
             raise CacheError(f"the embedding cache directory {directory} is not writable; point --cache-dir or "
                              f"${DEFAULT_CACHE_ENV} at a writable directory")
 
-    def _read(self, path: Path, full_key: dict[str, Any], kind: str) -> np.ndarray | None:
+    def _read(self, path: Path, full_key: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+        """``(array, "ok")``, ``(None, "missing")`` or ``(None, "corrupt")``: checksum, key and shape must match."""
         if not path.exists():
-            return None
+            return None, "missing"
         try:
             with np.load(path, allow_pickle=False) as npz:
                 header = json.loads(str(npz["header"]))
                 array = npz["array"]
             ok = (header.get("key") == json.loads(json.dumps(full_key, sort_keys=True, default=str))
                   and header.get("sha256") == hashlib.sha256(array.tobytes()).hexdigest()
-                  and list(array.shape) == header.get("shape"))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError):
+                  and list(array.shape) == header.get("shape") and str(array.dtype) == header.get("dtype"))
+        except FileNotFoundError:  # removed by another worker between exists() and open
+            return None, "missing"
+        except Exception:  # noqa: BLE001 - any damage (bad zip, bad header, huge shape...) means "rebuild"
             ok = False
-        if ok:
-            return array
-        # Corrupt or foreign entry: remove it so it is rebuilt, never used.
-        self.stats.count(kind, "rebuilt_corrupt")
-        path.unlink(missing_ok=True)
-        return None
+        return (array, "ok") if ok else (None, "corrupt")
+
+    @staticmethod
+    def _remove_stale_tmp(path: Path) -> None:
+        """Delete temporary files of ``path``'s entry left by a killed writer (called under the entry lock,
+        so no live writer can own them)."""
+        for tmp in path.parent.glob(f".{path.stem}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def _write(self, path: Path, full_key: dict[str, Any], array: np.ndarray) -> None:
         header = {"key": json.loads(json.dumps(full_key, sort_keys=True, default=str)),
                   "sha256": hashlib.sha256(array.tobytes()).hexdigest(), "shape": list(array.shape),
                   "dtype": str(array.dtype)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, array=array, header=np.array(json.dumps(header)))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as exc:  # nothing half-written is left behind, whatever stopped the write
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            if not isinstance(exc, OSError):
+                raise
             raise CacheError(f"cannot write cache entry {path} ({exc.strerror or exc}); free disk space or point "
                              f"--cache-dir / ${DEFAULT_CACHE_ENV} elsewhere") from exc

@@ -8,6 +8,7 @@ scored with one matrix product per ratio. Every k comes from the same ranks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS, __version__
 from cxr_robust.cache import EmbeddingCache
+from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_PIXELS, BadImageError
 from cxr_robust.data.retrieval_set import RetrievalSet
 from cxr_robust.data.text_policy import TextPolicy
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 class NonFiniteEmbeddingError(FloatingPointError):
     """A model produced NaN or Inf embeddings."""
+
+
+ON_BAD_IMAGE = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,13 @@ class SweepConfig:
     draft_decode: bool = True
     cache_images: bool = True
     progress: bool | None = None
+    on_bad_image: str = "error"
+    """``error``: an unusable image file stops the sweep, naming it. ``skip``: it is left out of the queries
+    of every ratio, counted by reason in ``SweepResult.meta["skipped_images"]`` (its report stays a candidate)."""
 
     def __post_init__(self) -> None:
+        if self.on_bad_image not in ON_BAD_IMAGE:
+            raise ValueError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, not {self.on_bad_image!r}")
         for r in self.ratios:
             check_ratio(r)
         if not self.ks or min(self.ks) < 1:
@@ -141,25 +151,46 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool | None) -> Any
 
 
 def preprocess_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0,
-                      progress: bool | None = None, draft: bool = True) -> "torch.Tensor":
-    """Decode and geometrically preprocess every image once: ``uint8 (M, C, S, S)``.
+                      progress: bool | None = None, draft: bool = True,
+                      indices: Sequence[int] | None = None) -> "torch.Tensor":
+    """Decode and geometrically preprocess every image (or those of ``indices``) once: ``uint8 (M, C, S, S)``.
 
     Decoding runs in a thread pool (PIL releases the GIL while decoding); JPEGs are decoded in draft mode
     at the smallest scale that still covers the model's ``decode_size`` (``draft=False`` decodes in full, for
-    bit-faithful reproduction of an author's pipeline at the cost of decode time).
+    bit-faithful reproduction of an author's pipeline at the cost of decode time). An unusable image raises
+    :class:`BadImageError` naming the first one and how many more there are.
     """
     import torch
 
-    def one(i: int) -> np.ndarray:
-        return model.preprocess(data.open_image(i, draft_size=model.decode_size if draft else None))
-
-    n_workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        arrays = list(_progress(pool.map(one, range(data.num_images)), data.num_images,
-                                f"{model.name}: decode", progress))
+    arrays, errors = decode_images(data, model, workers, progress, draft, indices)
+    if errors:
+        first = errors[min(errors)]
+        count = f"{len(errors)} of {data.num_images} images of {data.name} are unusable; first: " \
+            if len(errors) > 1 else ""
+        raise BadImageError(f"{count}{first}", reason=first.reason, image_id=first.image_id,
+                            path=first.path) from first
     if not arrays:
         raise ValueError(f"dataset {data.name} has no images")
     return torch.from_numpy(np.stack(arrays))
+
+
+def decode_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0, progress: bool | None = None,
+                  draft: bool = True, indices: Sequence[int] | None = None
+                  ) -> tuple[list[np.ndarray], dict[int, BadImageError]]:
+    """Preprocessed pixels of the usable images among ``indices`` (in order) and the errors of the others."""
+    order = list(range(data.num_images)) if indices is None else [int(i) for i in indices]
+
+    def one(i: int) -> np.ndarray | BadImageError:
+        try:
+            return model.preprocess(data.open_image(i, draft_size=model.decode_size if draft else None))
+        except BadImageError as exc:
+            return exc
+
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        out = list(_progress(pool.map(one, order), len(order), f"{model.name}: decode", progress))
+    errors = {i: r for i, r in zip(order, out) if isinstance(r, BadImageError)}
+    return [r for r in out if not isinstance(r, BadImageError)], errors
 
 
 def encode_texts(model: "RetrievalModel", texts: list[str], study_ids: list[str], batch_size: int,
@@ -252,6 +283,44 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
 
     pixels: "torch.Tensor | None" = None
     image_fp = data.image_fingerprint() if config.cache_images else None
+
+    # Which images are queries: all of them, or (on_bad_image="skip") the usable ones, decided once for
+    # every ratio. The per-image status is cached, so a fully cached rerun decodes nothing.
+    queries = np.arange(data.num_images)
+    skipped = {reason: 0 for reason in BAD_IMAGE_REASONS}
+    skipped_ids: list[str] = []
+    if config.on_bad_image == "skip":
+        def compute_status() -> np.ndarray:
+            nonlocal pixels
+            t_dec = time.perf_counter()
+            arrays, errors = decode_images(data, model, config.decode_workers, config.progress, config.draft_decode)
+            timings["decode_s"] = time.perf_counter() - t_dec
+            if arrays:
+                pixels = torch.from_numpy(np.stack(arrays))
+            return np.array([0 if i not in errors else 1 + BAD_IMAGE_REASONS.index(errors[i].reason)
+                             for i in range(data.num_images)], dtype=np.int8)
+
+        if config.cache_images:
+            status_key = {"images": image_fp, "preprocess": model.preprocess_key(), "draft": config.draft_decode,
+                          "decode_size": model.decode_size, "max_pixels": MAX_PIXELS,
+                          "pillow": versions.get("pillow")}
+            status, _ = cache.get_or_compute("image_status", status_key, compute_status)
+        else:
+            status = compute_status()
+        queries = np.flatnonzero(status == 0)
+        for code in status[status > 0]:
+            skipped[BAD_IMAGE_REASONS[int(code) - 1]] += 1
+        skipped_ids = [data.image_ids[i] for i in np.flatnonzero(status > 0)]
+        if not len(queries):
+            raise BadImageError(f"dataset {data.name}: none of its {data.num_images} images is usable "
+                                f"({ {k: v for k, v in skipped.items() if v} }), e.g. {skipped_ids[:3]}; "
+                                "check the image files", reason="undecodable")
+        if skipped_ids:
+            log.warning("%s: skipped %d unusable image(s) of %s (on_bad_image='skip'): %s; first: %s",
+                        model.name, len(skipped_ids), data.name, {k: v for k, v in skipped.items() if v},
+                        ", ".join(skipped_ids[:5]))
+    query_ids = [data.image_ids[i] for i in queries]
+    query_study = data.image_study[queries]
     counts: dict[float, RankCounts] = {}
     for ratio in config.ratios:
         t0 = time.perf_counter()
@@ -261,20 +330,22 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             if pixels is None:
                 t_dec = time.perf_counter()
                 pixels = preprocess_images(data, model, config.decode_workers, config.progress,
-                                           config.draft_decode)
+                                           config.draft_decode, queries if skipped_ids else None)
                 timings["decode_s"] = time.perf_counter() - t_dec
-            encoded["images"] += data.num_images
-            return encode_occluded(model, pixels, data.image_ids, ratio, config, device)
+            encoded["images"] += len(query_ids)
+            return encode_occluded(model, pixels, query_ids, ratio, config, device)
 
         if config.cache_images:
             image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), "ratio": ratio,
                          "seed": config.seed, "fill": config.fill, "draft": config.draft_decode,
                          "decode_size": model.decode_size, "torch": versions.get("torch"),
                          "device_kind": device.split(":")[0]}
+            if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
+                image_key["skipped"] = hashlib.sha256("\0".join(skipped_ids).encode()).hexdigest()
             image_emb, _ = cache.get_or_compute("image", image_key, compute_images)
         else:
             image_emb = compute_images()
-        counts[ratio] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, data.image_study)
+        counts[ratio] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, query_study)
         timings[f"ratio_{ratio:g}_s"] = time.perf_counter() - t0
         if on_ratio:
             on_ratio(ratio, counts[ratio])
@@ -285,11 +356,13 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
         "credentialed": data.credentialed, "device": device, "seed": config.seed, "fill": config.fill,
         "batch_size": config.batch_size, "draft_decode": config.draft_decode, "text_policy": policy.value,
-        "tie_policy": config.tie_policy,
+        "tie_policy": config.tie_policy, "on_bad_image": config.on_bad_image,
+        "skipped_images": skipped, "skipped_image_ids": skipped_ids,
+        "studies_without_queries": int(data.num_studies - len(np.unique(query_study))),
         "text_encodings": encoded["texts"], "image_encodings": encoded["images"],
         "cache_dir": str(cache.root), "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions,
     }
     return SweepResult(model=model.name, dataset=data.name, baseline_row=model.baseline_row,
                        text_policy=policy.value, seed=config.seed, ks=tuple(config.ks), counts=counts,
-                       image_ids=list(data.image_ids), meta=meta, tie_policy=config.tie_policy)
+                       image_ids=query_ids, meta=meta, tie_policy=config.tie_policy)
