@@ -270,8 +270,10 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     if empty:
         raise ValueError(f"dataset {data.name}: {len(empty)} report(s) are empty under text policy "
                          f"{policy.value!r}, e.g. study {empty[0]}; fix the reports or choose another policy")
+    # Library versions that can change an embedding are part of every key: an upgrade re-encodes once.
+    lib = {k: versions.get(k) for k in ("cxr_robust", "torch", "open_clip_torch", "transformers")}
     text_key = {"model": fp, "text_policy": policy.value, "texts": data.text_fingerprint(policy),
-                "torch": versions.get("torch"), "device_kind": device.split(":")[0]}
+                "versions": lib, "device_kind": device.split(":")[0]}
 
     def compute_texts() -> np.ndarray:
         encoded["texts"] += len(texts)
@@ -338,7 +340,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         if config.cache_images:
             image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), "ratio": ratio,
                          "seed": config.seed, "fill": config.fill, "draft": config.draft_decode,
-                         "decode_size": model.decode_size, "torch": versions.get("torch"),
+                         "decode_size": model.decode_size, "versions": {**lib, "pillow": versions.get("pillow")},
                          "device_kind": device.split(":")[0]}
             if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
                 image_key["skipped"] = hashlib.sha256("\0".join(skipped_ids).encode()).hexdigest()

@@ -61,10 +61,13 @@ class GateOptions:
     require_all: bool = False
     update_baselines: bool = False
     text_policy: str | None = None
+    on_bad_image: str = "error"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {self.on_bad_image!r}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
@@ -172,11 +175,12 @@ class GateSession:
         if o.dataset == "mimic":
             from cxr_robust.data.mimic import load_mimic
 
-            data = load_mimic(o.mimic_root, reports=o.mimic_reports, split=o.mimic_split, views=o.views)
+            data = load_mimic(o.mimic_root, reports=o.mimic_reports, split=o.mimic_split, views=o.views,
+                              on_bad_image=o.on_bad_image)
         else:
             from cxr_robust.data.manifest import load_manifest
 
-            data = load_manifest(o.manifest)
+            data = load_manifest(o.manifest, on_bad_image=o.on_bad_image)
         # Baseline tables refer to the dataset by the name computed from the options.
         data.name = self.dataset_name()
         return data
@@ -199,7 +203,7 @@ class GateSession:
             net = load_model(model, weights=o.weights.get(model), weights_dir=o.weights_dir,
                              **({"bert_vocab": o.bert_vocab} if get_spec(model).needs_bert_vocab else {}))
             config = SweepConfig(ratios=tuple(o.ratios), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
-                                 device=o.device, text_policy=o.text_policy)
+                                 device=o.device, text_policy=o.text_policy, on_bad_image=o.on_bad_image)
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
                      data.num_images, data.num_studies)
             run.result = run_sweep(net, data, config, EmbeddingCache(o.cache_dir))
@@ -249,6 +253,9 @@ class GateSession:
         if data is not None:
             exclusions = {f"{kind}: {reason}": n for kind in ("studies", "images")
                           for reason, n in (data.meta.get(f"excluded_{kind}") or {}).items() if n}
+            for model, run in self._runs.items():  # images left out at decode time (--on-bad-image skip)
+                for reason, n in ((run.result.meta.get("skipped_images") or {}) if run.result else {}).items():
+                    exclusions[f"images skipped by {model}: {reason}"] = n
             dataset.update(counts=data.counts(), credentialed=data.credentialed, exclusions=exclusions,
                            version=data.meta.get("dataset_version"), reports_source=data.meta.get("reports_source"))
         run = {"config": self.options.effective(), "rule": self.rule.describe(), "dataset": dataset,

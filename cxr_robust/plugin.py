@@ -51,6 +51,8 @@ _OPTIONS: dict[str, tuple[str, str | None, str]] = {
                                               "(default ./cxr-robust-report)"),
     "cxr_baselines": ("cxr_robust_baselines", None, "comma-separated baseline CSVs (default: baselines/*.csv)"),
     "cxr_alpha": ("cxr_robust_alpha", None, "family-wise error rate of the gate per model (default 0.05)"),
+    "on_bad_image": ("cxr_robust_on_bad_image", None,
+                     "error (default): an unreadable image stops the run; skip: leave it out, counted in the report"),
     "cxr_text_policy": ("cxr_robust_text_policy", None,
                         "override every model's report text: findings_impression, impression or longest"),
 }
@@ -112,7 +114,8 @@ def build_options(config: pytest.Config) -> "Any":
     simple = {"cxr_dataset": "dataset", "mimic_root": "mimic_root", "mimic_reports": "mimic_reports",
               "mimic_split": "mimic_split", "cxr_views": "views", "cxr_manifest": "manifest",
               "weights_dir": "weights_dir", "bert_vocab": "bert_vocab", "cxr_device": "device",
-              "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir", "cxr_text_policy": "text_policy"}
+              "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir", "cxr_text_policy": "text_policy",
+              "on_bad_image": "on_bad_image"}
     for dest, field_name in simple.items():
         if (v := _value(config, dest)) is not None:
             kwargs[field_name] = v

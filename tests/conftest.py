@@ -29,4 +29,17 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
             return real_connect(self, address)
         raise RuntimeError(f"test tried to open a network connection to {address!r}; tests must stay offline")
 
+    def guarded_ex(self: socket.socket, address: object) -> int:
+        guarded(self, address)  # raises for non-local addresses
+        return real_connect_ex(self, address)
+
+    def guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if isinstance(host, (str, bytes)) and host not in ("localhost", b"localhost") and \
+                not str(host).startswith(("127.", "::1")):
+            raise RuntimeError(f"test tried to resolve {host!r}; tests must stay offline")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    real_connect_ex, real_getaddrinfo = socket.socket.connect_ex, socket.getaddrinfo
     monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)

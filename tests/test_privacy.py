@@ -45,8 +45,6 @@ def test_loopback_stays_usable() -> None:
             pass
 
 
-@pytest.mark.xfail(strict=True, reason="gap: tests/conftest.py patches socket.connect only; connect_ex "
-                   "(and DNS lookups) bypass the offline guard")
 def test_connect_ex_is_blocked_too() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)

@@ -115,8 +115,6 @@ def test_cache_key_covers_what_changes_an_embedding(change: str, text_miss: bool
     assert ("misses" in stats["image"]) is image_miss
 
 
-@pytest.mark.xfail(strict=True, reason="gap: OpenClipAdapter.fingerprint() identifies weights only through "
-                   "fingerprint_extra, so two in-memory models with different weights share cache entries")
 def test_in_memory_models_with_different_weights_get_different_keys() -> None:
     import torch
 

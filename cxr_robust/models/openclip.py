@@ -113,13 +113,28 @@ class OpenClipAdapter(RetrievalModel):
         tokens = self.tokenize(texts).to(self.device)
         return l2_normalise(self.model.encode_text(tokens))
 
+    def weights_digest(self) -> str:
+        """SHA-256 over the model's parameters and buffers (for models built in memory, with no weights file)."""
+        import hashlib
+
+        if getattr(self, "_weights_digest", None) is None:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode() + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+                h.update(tensor.detach().cpu().contiguous().view(-1).view(torch_uint8()).numpy().tobytes())
+            self._weights_digest = h.hexdigest()
+        return self._weights_digest
+
     def fingerprint(self) -> dict[str, Any]:
         """Weights identity, preprocessing and tokenizer settings."""
+        extra = dict(self._fingerprint_extra)
+        if "weights_sha256" not in extra:  # in-memory weights: identify them by content
+            extra["weights_state_sha256"] = self.weights_digest()
         return {
             "adapter": type(self).__name__, "name": self.name, "input_size": self.input_size,
             "geometry": getattr(self.geometry, "__name__", repr(self.geometry)),
             "normalisation": asdict(self.normalisation), "context_length": self.context_length,
-            "tokenizer": type(self.tokenizer).__name__, **self._fingerprint_extra,
+            "tokenizer": type(self.tokenizer).__name__, **extra,
         }
 
     def preprocess_key(self) -> str:
@@ -129,6 +144,13 @@ class OpenClipAdapter(RetrievalModel):
     def torch_modules(self) -> list["torch.nn.Module"]:
         """The wrapped open_clip model."""
         return [self.model]
+
+
+def torch_uint8() -> Any:
+    """``torch.uint8`` (imported lazily)."""
+    import torch
+
+    return torch.uint8
 
 
 def clip_tokenizer() -> Callable[..., "torch.Tensor"]:
