@@ -1,0 +1,651 @@
+"""``cxr-robust``: the gate outside pytest (run a sweep, render a report, compare runs, list models, check data).
+
+Each subcommand is one small function over the library (:class:`~cxr_robust.gate.GateSession`,
+:mod:`cxr_robust.results`, :mod:`cxr_robust.report`); options come from the same layers as the pytest plugin
+(:mod:`cxr_robust.config`): command line > ``pyproject.toml [tool.cxr_robust]`` > ``CXR_ROBUST_*`` > defaults.
+
+Exit codes (``run``; the other subcommands use 0, 1 and 2 as documented in their ``--help``):
+
+==  ===========================================================================
+0   every measured cell passed
+1   a cell failed (regressed below its baseline, or the chance check failed)
+2   usage or configuration error (bad option, unknown model, data that cannot be loaded)
+3   with ``--require-all``: a model could not run here (weights or data absent)
+4   a sweep raised an error
+==  ===========================================================================
+
+When several apply, the largest code is returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import logging
+import sys
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Sequence
+
+from cxr_robust import __version__
+
+if TYPE_CHECKING:
+    from cxr_robust.gate import GateOptions, GateSession
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
+
+
+class UsageProblem(Exception):
+    """A problem with what the user asked for: printed without a traceback, exit code 2."""
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def _err(message: str) -> None:
+    print(f"cxr-robust: error: {message}", file=sys.stderr, flush=True)
+
+
+# ----- shared option handling ---------------------------------------------------------------------------------
+# CLI dest -> GateOptions field; aliases keep the pytest plugin's spelling working here too.
+_GATE_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
+    (("--models", "--cxr-models"), "models", {"metavar": "A,B"},
+     "comma-separated models: registered names or 'package.module:factory'"),
+    (("--dataset", "--cxr-dataset"), "dataset", {"choices": ("phantom", "mimic", "manifest")},
+     "evaluation set (default phantom)"),
+    (("--phantom-studies",), "phantom_studies", {"metavar": "N"},
+     "studies in the phantom eval set (default 994; small values for smoke runs)"),
+    (("--mimic-root",), "mimic_root", {"metavar": "DIR"}, "MIMIC-CXR-JPG root [env CXR_ROBUST_MIMIC_ROOT]"),
+    (("--mimic-reports",), "mimic_reports", {"metavar": "PATH"},
+     "mimic-cxr-reports.zip, a reports files/ tree or mimic_cxr_sectioned.csv(.gz)"),
+    (("--mimic-split",), "mimic_split", {"choices": ("train", "validate", "test")},
+     "MIMIC-CXR split (default validate)"),
+    (("--views", "--cxr-views"), "views", {"metavar": "VIEWS"}, "view filter: all (default), frontal, lateral, PA, AP"),
+    (("--manifest", "--cxr-manifest"), "manifest", {"metavar": "CSV"}, "manifest for --dataset manifest"),
+    (("--weights-dir",), "weights_dir", {"metavar": "DIR"}, "folder of published weights [env CXR_ROBUST_WEIGHTS_DIR]"),
+    (("--bert-vocab",), "bert_vocab", {"metavar": "PATH"}, "Bio_ClinicalBERT vocab.txt or its folder"),
+    (("--device", "--cxr-device"), "device", {"metavar": "DEV"}, "cpu, cuda, cuda:1 ... (default: cuda when present)"),
+    (("--ratios", "--cxr-ratios"), "ratios", {"metavar": "P,P"},
+     "occluded area in percent (default 0,0.25,1,4,9,25,49,81)"),
+    (("--ks", "--cxr-ks"), "ks", {"metavar": "K,K"}, "retrieval depths (default 5,10,20,30,50,100)"),
+    (("--seed", "--cxr-seed"), "seed", {"metavar": "N"}, "occlusion seed (default 0)"),
+    (("--batch-size", "--cxr-batch-size"), "batch_size", {"metavar": "N"},
+     "images/texts per forward pass (default 256)"),
+    (("--cache-dir", "--cxr-cache-dir"), "cache_dir", {"metavar": "DIR"},
+     "embedding cache (default ~/.cache/cxr_robust) [env CXR_ROBUST_CACHE_DIR]"),
+    (("--out", "--cxr-report"), "report_dir", {"metavar": "DIR"},
+     "results directory: results.json, results.csv, report.html, ranks/ (default cxr-robust-report)"),
+    (("--baselines", "--cxr-baselines"), "baselines", {"metavar": "CSV,CSV"},
+     "baseline tables (default: every CSV in the baselines directory)"),
+    (("--baselines-dir",), "baselines_dir", {"metavar": "DIR"},
+     "baselines directory, relative to --project (default baselines)"),
+    (("--alpha", "--cxr-alpha"), "alpha", {"metavar": "A"}, "family-wise error rate per model (default 0.05)"),
+    (("--text-policy", "--cxr-text-policy"), "text_policy",
+     {"choices": ("findings+impression", "impression", "longest")},
+     "override every model's report text"),
+]
+
+
+def _add_project_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", metavar="DIR", default=".",
+                   help="project root: where pyproject.toml is searched from and baselines/ lives (default .)")
+    p.add_argument("--no-pyproject", action="store_true", help="ignore [tool.cxr_robust] in pyproject.toml")
+
+
+def _add_gate_args(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    group = p.add_argument_group("gate options (as the pytest plugin's; also settable in [tool.cxr_robust])")
+    for flags, field_name, extra, help_ in _GATE_FLAGS:
+        if only is None or field_name in only:
+            group.add_argument(*flags, dest=f"opt_{field_name}", default=None, help=help_, **extra)
+    group.add_argument("--weights", dest="opt_weights", action="append", default=None, metavar="MODEL=PATH",
+                       help="weights file for one model (repeatable)")
+
+
+def _gate_options(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> "GateOptions":
+    """GateOptions from the command line over pyproject and environment (config errors -> UsageProblem)."""
+    from cxr_robust.config import ConfigError, build_gate_options
+
+    cli = {k[len("opt_"):]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    cli.update(extra or {})
+    try:
+        return build_gate_options(cli=cli, start=args.project, use_pyproject=not args.no_pyproject)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _check_models(models: Sequence[str], project: str) -> None:
+    """Unknown names are usage errors; ad-hoc 'module:factory' targets import from the project like pytest's."""
+    from cxr_robust.models import get_spec
+
+    if any(":" in m for m in models):
+        # A console script does not put the working directory on sys.path (pytest does, via the rootdir
+        # conftest); without this `--models mypkg.model:build` would work under pytest but not here.
+        for folder in (str(Path(project).resolve()), str(Path.cwd())):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+    for model in models:
+        try:
+            get_spec(model)
+        except KeyError as exc:
+            raise UsageProblem(str(exc)) from None
+
+
+# ----- run ------------------------------------------------------------------------------------------------------
+def _failing(run: Any, options: "GateOptions") -> list[Any]:
+    """The cells of a measured model that fail the gate, as the pytest cases would."""
+    bad = []
+    for d in run.decisions.values():
+        if not d.chance_passed:
+            bad.append(d)
+        elif options.update_baselines:
+            continue  # recording: the baseline comparison is not asserted
+        elif d.passed is False or (d.baseline is None and options.require_all):
+            bad.append(d)
+    return bad
+
+
+def _describe_cell(d: Any) -> str:
+    """One line with the numbers and every rule the cell broke."""
+    base = "no baseline" if d.baseline is None else f"baseline {100 * d.baseline:.2f}%"
+    why = []
+    if d.passed is False:
+        why.append(f"regressed, Holm-adjusted p = {d.p_adjusted:.2g}")
+    elif d.baseline is None:
+        why.append("no baseline (--require-all)")
+    if not d.chance_passed:
+        why.append("not clearly above chance (its baseline is)" if d.chance_mode == "above"
+                   else "clearly BELOW chance: scoring or the report index is broken")
+    return (f"occ{100 * d.ratio:g}% k{d.k}: measured {100 * d.measured:.2f}%, {base}, chance "
+            f"{100 * d.chance:.2f}%: {'; '.join(why)}")
+
+
+def save_run_ranks(session: "GateSession", directory: Path) -> list[Path]:
+    """Per-query rank counts of every measured model under ``directory/ranks`` (input of paired compare)."""
+    from cxr_robust.results import save_ranks
+
+    written = []
+    for model, run in session._runs.items():
+        res = run.result
+        if res is None:
+            continue
+        meta = {"model": model, "dataset": res.dataset, "seed": res.seed, "text_policy": res.text_policy,
+                "model_fingerprint": res.meta.get("model_fingerprint")}
+        # Named like --update-baselines' ranks (row__dataset__seedN.npz), so a results directory can also
+        # serve as the reference of a paired comparison; ``meta["model"]`` is what `compare` matches on.
+        name = f"{_slug(res.baseline_row or model)}__{res.dataset}__seed{res.seed}.npz"
+        written.append(save_ranks(directory / "ranks" / name, res.counts, res.image_ids, meta))
+    return written
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the gate's sweeps outside pytest and write the results directory."""
+    from cxr_robust.gate import GateSession
+
+    extra = {"require_all": True} if args.require_all else {}
+    if args.update_baselines:
+        extra["update_baselines"] = True
+    options = _gate_options(args, extra)
+    _check_models(options.models, args.project)
+    session = GateSession(options, rootdir=args.project)
+    runnable = []
+    for model in options.models:
+        reason = session.unavailable_reason(model)
+        if reason:
+            session.skipped[model] = reason
+            _say(f"{model}: {'UNAVAILABLE' if options.require_all else 'skipped'}: {reason}")
+        else:
+            runnable.append(model)
+    if runnable:
+        try:  # data that cannot be loaded is a configuration problem, reported once rather than per model
+            data = session.dataset()
+        except Exception as exc:  # noqa: BLE001 - any loader error is shown to the user with its type
+            raise UsageProblem(f"cannot load the {options.dataset} dataset: {type(exc).__name__}: {exc}") from None
+        _say(f"dataset {data.name}: {data.num_studies} reports, {data.num_images} images")
+    codes = [EXIT_UNAVAILABLE] if options.require_all and session.skipped else []
+    for model in runnable:
+        run = session.run(model)
+        if run.error is not None:
+            _say(f"{model}: ERROR: {type(run.error).__name__}: {run.error}")
+            codes.append(EXIT_ERROR)
+            continue
+        meta = run.result.meta
+        failing = _failing(run, options)
+        no_base = sum(1 for d in run.decisions.values() if d.baseline is None)
+        _say(f"{model}: {len(run.decisions)} cells, {len(failing)} failing, {no_base} without baseline "
+             f"({run.baseline_source or 'no baseline table'}); sweep {meta['timings']['total_s']:.1f}s on "
+             f"{meta['device']}")
+        for d in failing:
+            _say(f"  FAIL {_describe_cell(d)}")
+        if failing:
+            codes.append(EXIT_FAILED)
+    if session._runs or session.skipped:  # a run that only skipped still leaves a report saying why
+        paths = session.write_outputs()
+        paths.update({f"ranks {i}": p for i, p in enumerate(save_run_ranks(session, Path(options.report_dir)), 1)})
+        if options.update_baselines:
+            paths.update({f"baseline {i}": p for i, p in enumerate(session.update_baselines(), 1)})
+        for kind, path in paths.items():
+            _say(f"{kind}: {path}")
+    if not session._runs:
+        _say("no model was measured" + (" (see the reasons above)" if session.skipped else ""))
+    code = max(codes, default=EXIT_OK)
+    _say(f"exit {code}: " + {EXIT_OK: "all measured cells passed", EXIT_FAILED: "cells failed",
+                             EXIT_UNAVAILABLE: "required models unavailable (--require-all)",
+                             EXIT_ERROR: "a sweep errored"}[code])
+    return code
+
+
+# ----- report ---------------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render report.html from a results directory or results.json."""
+    from cxr_robust.report import write_report
+
+    doc = _load(args.results)
+    src = Path(args.results)
+    out = Path(args.output) if args.output else (src if src.is_dir() else src.parent) / "report.html"
+    _say(f"html: {write_report(doc, out)}")
+    return EXIT_OK
+
+
+def _load(path: str) -> dict[str, Any]:
+    from cxr_robust.results import load_results
+
+    try:
+        return load_results(path)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+# ----- compare --------------------------------------------------------------------------------------------------
+def _ratio_key(ratio: float) -> float:
+    return round(float(ratio) * 100.0, 4)
+
+
+def find_ranks(results_dir: Path, model: str) -> Path | None:
+    """The ranks file a run wrote for ``model`` (``<dir>/ranks/*.npz`` whose metadata names it), if any."""
+    from cxr_robust.results import load_ranks
+
+    folder = results_dir / "ranks"
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.npz")):
+        try:
+            if load_ranks(path)[2].get("model") == model:
+                return path
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def compare_paired(ranks_a: Path, ranks_b: Path, ks: Sequence[int],
+                   alpha: float) -> dict[tuple[float, int], dict] | None:
+    """Paired per-cell decisions (B against A) from two ranks files via ``cxr_robust.paired.paired_decide``.
+
+    Returns ``{(occlusion_pct, k): decision dict}`` (Holm-adjusted over the model's grid), or None when
+    that module is not installed or the runs cannot be paired (other images or report set): the caller
+    then falls back to unpaired differences.
+    """
+    if importlib.util.find_spec("cxr_robust.paired") is None:
+        return None
+    from cxr_robust.paired import paired_decide
+    from cxr_robust.results import load_ranks
+
+    ca, ids_a, _ = load_ranks(ranks_a)
+    cb, ids_b, _ = load_ranks(ranks_b)
+    shared = sorted(set(ca) & set(cb))
+    try:
+        decisions = paired_decide({r: ca[r] for r in shared}, {r: cb[r] for r in shared}, ids_a, ids_b,
+                                  ks=list(ks), alpha=alpha)
+    except (ValueError, TypeError) as exc:  # not the same queries/reports: an unpaired comparison still works
+        logging.getLogger(__name__).warning("cannot pair %s with %s (%s); comparing unpaired", ranks_a, ranks_b, exc)
+        return None
+    out = {}
+    for d in decisions:
+        row = d.as_dict() if hasattr(d, "as_dict") else asdict(d) if is_dataclass(d) else dict(d)
+        out[(_ratio_key(row["ratio"]), int(row["k"]))] = row
+    return out
+
+
+def _cells(doc: dict) -> dict[tuple[str, float, int], dict]:
+    return {(m["model"], _ratio_key(c["ratio"]), int(c["k"])): c for m in doc["models"] if m.get("status") == "measured"
+            for c in m["cells"]}
+
+
+def compare_documents(doc_a: dict, doc_b: dict, dir_a: Path | None = None, dir_b: Path | None = None,
+                      alpha: float = 0.05) -> list[dict[str, Any]]:
+    """One row per cell measured in both runs: values, difference (B - A) and the test used.
+
+    Paired (``cxr_robust.paired``) where both runs left per-query ranks of the model; otherwise an unpaired,
+    unadjusted normal interval on the difference of two proportions.
+    """
+    a, b = _cells(doc_a), _cells(doc_b)
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    paired: dict[str, dict | None] = {}
+    rows = []
+    for key in sorted(set(a) & set(b)):
+        model, occ, k = key
+        ca, cb = a[key], b[key]
+        if model not in paired:
+            ra = find_ranks(dir_a, model) if dir_a else None
+            rb = find_ranks(dir_b, model) if dir_b else None
+            ks = sorted({kk for (m, _, kk) in a if m == model})
+            paired[model] = compare_paired(ra, rb, ks, alpha) if ra and rb else None
+        va, vb = float(ca["measured"]), float(cb["measured"])
+        row = {"model": model, "occlusion_pct": occ, "k": k, "a_pct": 100 * va, "b_pct": 100 * vb,
+               "diff_pp": 100 * (vb - va)}
+        decision = (paired[model] or {}).get((occ, k))
+        if decision is not None:
+            row.update(test="paired", p=decision.get("p_adjusted"), method=decision.get("method"),
+                       verdict="worse" if decision.get("passed") is False else "")
+        else:
+            se = (va * (1 - va) / max(int(ca["n_queries"]), 1) + vb * (1 - vb) / max(int(cb["n_queries"]), 1)) ** 0.5
+            lo, hi = vb - va - z * se, vb - va + z * se
+            row.update(test="unpaired", p=None, ci_pp=(100 * lo, 100 * hi),
+                       verdict="worse" if hi < 0 else "better" if lo > 0 else "")
+        rows.append(row)
+    return rows
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Per-cell differences between two results directories (B minus A)."""
+    doc_a, doc_b = _load(args.a), _load(args.b)
+    dir_a = Path(args.a) if Path(args.a).is_dir() else Path(args.a).parent
+    dir_b = Path(args.b) if Path(args.b).is_dir() else Path(args.b).parent
+    rows = compare_documents(doc_a, doc_b, dir_a, dir_b, alpha=args.alpha)
+    only_a = set(_cells(doc_a)) - set(_cells(doc_b))
+    only_b = set(_cells(doc_b)) - set(_cells(doc_a))
+    if not rows:
+        raise UsageProblem(f"{args.a} and {args.b} have no measured cell in common (same model, occlusion, k)")
+    _say(f"A = {args.a}\nB = {args.b}\n")
+    header = (f"{'model':<24} {'occ %':>6} {'k':>4} {'A %':>8} {'B %':>8} {'B-A pp':>8}  {'test':<8} "
+              f"{'detail':<26} verdict")
+    _say(header)
+    _say("-" * len(header))
+    for r in rows:
+        detail = (f"Holm p = {r['p']:.2g}" if r.get("p") is not None else "") if r["test"] == "paired" else \
+            f"95% CI [{r['ci_pp'][0]:+.2f}, {r['ci_pp'][1]:+.2f}]" if "ci_pp" in r else ""
+        _say(f"{r['model']:<24} {r['occlusion_pct']:>6g} {r['k']:>4} {r['a_pct']:>8.2f} {r['b_pct']:>8.2f} "
+             f"{r['diff_pp']:>+8.2f}  {r['test']:<8} {detail:<26} {r['verdict']}")
+    worse = [r for r in rows if r["verdict"] == "worse"]
+    tests = sorted({r["test"] for r in rows})
+    _say(f"\n{len(rows)} cells compared ({', '.join(tests)}); {len(worse)} significantly worse in B"
+         + (f"; {len(only_a)} cells only in A, {len(only_b)} only in B" if only_a or only_b else ""))
+    if "unpaired" in tests:
+        _say("unpaired: normal interval on the difference of two proportions, not adjusted for multiple cells; "
+             "runs that left ranks/ (cxr-robust run) on the same images are compared paired when "
+             "cxr_robust.paired is installed")
+    if args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=["model", "occlusion_pct", "k", "a_pct", "b_pct", "diff_pp", "test",
+                                               "p", "method", "ci_pp", "verdict"], lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        _say(f"csv: {args.csv}")
+    return EXIT_FAILED if worse and args.fail_on_regression else EXIT_OK
+
+
+# ----- models ---------------------------------------------------------------------------------------------------
+def weights_status(name: str, options: "GateOptions") -> dict[str, Any]:
+    """Whether ``name``'s weights are found here and from where, or the reason they are not."""
+    import os
+
+    from cxr_robust.models import DEMO_MODEL, WEIGHTS_DIR_ENV, get_spec
+
+    spec = get_spec(name)
+    explicit = options.weights.get(name)
+    missing = spec.missing(explicit, options.weights_dir, options.bert_vocab)
+    status: dict[str, Any] = {"available": missing is None, "path": None, "source": None, "reason": missing}
+    path = spec.locate_weights(explicit, options.weights_dir)
+    if path is not None:
+        if explicit:
+            source = "--weights / [tool.cxr_robust] weights"
+        elif spec.weights_env and os.environ.get(spec.weights_env):
+            source = f"${spec.weights_env}"
+        else:
+            source = f"weights dir {options.weights_dir or os.environ.get(WEIGHTS_DIR_ENV)}"
+        status.update(path=str(path), source=source)
+    elif spec.builtin_weights and name == DEMO_MODEL:
+        from cxr_robust.models.demo import WEIGHTS_FILE
+
+        status.update(path=str(WEIGHTS_FILE), source="shipped in the cxr-robust package")
+        if not WEIGHTS_FILE.is_file():  # the spec cannot know that a packaged file went missing
+            status.update(available=False, reason=f"{WEIGHTS_FILE} is missing; reinstall cxr-robust or run "
+                                                  "`python -m cxr_robust.train_demo`")
+    elif spec.builtin_weights:
+        status.update(source="built in (the model's own package provides them)")
+    if spec.needs_bert_vocab and status["available"]:
+        from cxr_robust.models.bert import find_bert_vocab
+
+        status["bert_vocab"] = str(find_bert_vocab(options.bert_vocab, model_name=repr(name)))
+    return status
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List registered models with baseline row, default text policy and where their weights are."""
+    from cxr_robust.models import available, get_spec
+
+    options = _gate_options(args)
+    rows = []
+    for name in available():
+        spec = get_spec(name)
+        rows.append({"name": name, "baseline_row": spec.baseline_row, "text_policy": spec.default_text_policy.value,
+                     "description": spec.description, **weights_status(name, options)})
+    if args.json:
+        _say(json.dumps(rows, indent=1))
+        return EXIT_OK
+    _say(f"{'model':<16} {'baseline row':<13} {'text policy':<20} weights")
+    for r in rows:
+        where = f"found: {r['path']} ({r['source']})" if r["available"] else f"NOT FOUND: {r['reason']}"
+        _say(f"{r['name']:<16} {r['baseline_row'] or '-':<13} {r['text_policy']:<20} {where}")
+        if r.get("bert_vocab"):
+            _say(f"{'':<51} vocab: {r['bert_vocab']}")
+    _say("\nad-hoc models: pass 'package.module:factory' to --models; register one by name with the "
+         "'cxr_robust.models' entry point group (docs/usage.md)")
+    return EXIT_OK
+
+
+# ----- check-data -----------------------------------------------------------------------------------------------
+def _counts_line(counts: dict[str, Any]) -> str:
+    from cxr_robust.results import PAPER_COUNTS
+
+    s, i = counts["studies"], counts["images"]
+    return (f"{s:,} studies / {i:,} images   (paper: {PAPER_COUNTS['studies']:,} / {PAPER_COUNTS['images']:,}; "
+            f"difference {s - PAPER_COUNTS['studies']:+,} / {i - PAPER_COUNTS['images']:+,})")
+
+
+def _by_reason(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items() if v) or "none"
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Load a MIMIC-CXR root or a manifest the way the gate would and print what it yields."""
+    from cxr_robust.results import PAPER_COUNTS
+
+    options = _gate_options(args)
+    # What was named on the command line wins; otherwise the configured dataset decides.
+    use_manifest = bool(args.opt_manifest) or (not args.opt_mimic_root and options.dataset == "manifest")
+    manifest = options.manifest if use_manifest else None
+    mimic_root = None if use_manifest else options.mimic_root
+    if not mimic_root and not manifest and options.manifest:
+        manifest = options.manifest
+    if not mimic_root and not manifest:
+        raise UsageProblem("nothing to check: pass --mimic-root DIR (MIMIC-CXR-JPG) or --manifest CSV, or set "
+                           "mimic_root / manifest in [tool.cxr_robust] or $CXR_ROBUST_MIMIC_ROOT")
+    on_bad = "skip" if args.skip_bad else "error"
+    try:
+        if mimic_root:
+            from cxr_robust.data.mimic import load_mimic
+
+            data = load_mimic(mimic_root, reports=options.mimic_reports, split=options.mimic_split,
+                              views=options.views, on_bad_image=on_bad, on_bad_report=on_bad)
+        else:
+            from cxr_robust.data.manifest import load_manifest
+
+            data = load_manifest(manifest, on_bad_image=on_bad, on_empty_report=on_bad)
+    except (ValueError, OSError) as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+        return EXIT_USAGE
+    meta, counts = data.meta, data.counts()
+    summary = {"dataset": data.name, "source": meta.get("source"), "counts": counts,
+               "view_groups": meta.get("counts", {}).get("view_groups"),
+               "excluded_studies": meta.get("excluded_studies", {}), "excluded_images": meta.get("excluded_images", {}),
+               "paper_reference": dict(PAPER_COUNTS)}
+    if mimic_root:
+        summary.update(version=meta.get("dataset_version"), split=meta.get("split"), views=meta.get("views"),
+                       reports_source=meta.get("reports_source"), split_counts=meta.get("split_counts"))
+    if args.json:
+        _say(json.dumps(summary, indent=1))
+        return EXIT_OK
+    if mimic_root:
+        rs = meta["reports_source"]
+        _say(f"MIMIC-CXR-JPG {meta['dataset_version']} at {meta['root']} (reports: {rs['kind']} {rs['path']})")
+        _say(f"split {meta['split']} ({meta['split_counts']['studies']:,} studies / "
+             f"{meta['split_counts']['images']:,} images), views {meta['views']}, sections required: "
+             f"{', '.join(meta['require_sections'])}")
+    else:
+        _say(f"manifest {meta['path']} (text columns: {meta['text_columns']})")
+    _say(f"evaluation set: {_counts_line(counts)}")
+    _say(f"views: {_by_reason(counts['views'])}")
+    if summary["view_groups"]:
+        _say(f"view groups: {_by_reason(summary['view_groups'])}")
+    _say(f"excluded studies: {_by_reason(summary['excluded_studies'])}")
+    _say(f"excluded images: {_by_reason(summary['excluded_images'])}")
+    return EXIT_OK
+
+
+# ----- parser ---------------------------------------------------------------------------------------------------
+_EPILOG_MAIN = """\
+examples:
+  cxr-robust run --models phantom-clip --phantom-studies 120
+  cxr-robust run --dataset mimic --mimic-root /data/mimic-cxr-jpg --weights-dir /data/weights --require-all
+  cxr-robust report cxr-robust-report/
+  cxr-robust compare runs/v1 runs/v2 --fail-on-regression
+  cxr-robust models --weights-dir /data/weights
+  cxr-robust check-data --mimic-root /data/mimic-cxr-jpg
+
+Options not given on the command line come from [tool.cxr_robust] in the nearest pyproject.toml, then the
+CXR_ROBUST_* environment variables, then the defaults (docs/usage.md).
+"""
+_EPILOG_RUN = """\
+exit codes: 0 all measured cells passed; 1 a cell failed; 2 usage/configuration error (also: the dataset
+cannot be loaded); 3 with --require-all, a model could not run here; 4 a sweep errored. The largest applies.
+
+examples:
+  cxr-robust run --models phantom-clip --phantom-studies 120 --ratios 0,25,81 --ks 5,10
+  cxr-robust run --models clip,cxr-repair --dataset mimic --mimic-root /data/mimic-cxr-jpg \\
+      --mimic-reports /data/mimic-cxr-reports.zip --weights-dir /data/weights --require-all --out runs/nightly
+  cxr-robust run --models mypkg.model:build --phantom-studies 200 --update-baselines
+"""
+_EPILOG_REPORT = """\
+examples:
+  cxr-robust report cxr-robust-report/            # rewrites cxr-robust-report/report.html
+  cxr-robust report runs/v2/results.json -o /tmp/v2.html
+exit codes: 0 written; 2 no or invalid results.json.
+"""
+_EPILOG_COMPARE = """\
+Differences are B minus A, per (model, occlusion, k) cell measured in both. Where both directories hold the
+model's per-query ranks (ranks/*.npz, written by `cxr-robust run`) and cxr_robust.paired is installed, the
+test is paired (same images and reports required); otherwise an unpaired, unadjusted interval is
+shown.
+
+examples:
+  cxr-robust compare runs/v1 runs/v2
+  cxr-robust compare runs/v1/results.json runs/v2/results.json --csv diff.csv --fail-on-regression
+exit codes: 0 compared; 1 with --fail-on-regression, a cell is significantly worse in B; 2 bad input.
+"""
+_EPILOG_MODELS = """\
+examples:
+  cxr-robust models
+  cxr-robust models --weights-dir /data/weights --bert-vocab /data/Bio_ClinicalBERT --json
+"""
+_EPILOG_CHECK = """\
+Loads the evaluation set exactly as the gate would (nothing is copied; no report text is printed) and prints
+its counts, views and exclusions by reason beside the paper's 994 studies / 1,770 images.
+
+examples:
+  cxr-robust check-data --mimic-root /data/mimic-cxr-jpg --mimic-reports /data/mimic-cxr-reports.zip
+  cxr-robust check-data --mimic-root /data/mimic-cxr-jpg --views frontal --skip-bad
+  cxr-robust check-data --manifest data/my_eval.csv
+exit codes: 0 the set loads; 2 it does not (the message names the file and what is wrong).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cxr-robust`` argument parser (one subparser per subcommand)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="cxr-robust", description="Occlusion-robustness gate for chest X-ray "
+                                     "image->report retrieval, outside pytest.", epilog=_EPILOG_MAIN,
+                                     formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the gate's sweeps and write JSON/CSV/HTML results", epilog=_EPILOG_RUN,
+                       formatter_class=fmt, description="Run the gate outside pytest, with the plugin's options.")
+    _add_gate_args(p)
+    p.add_argument("--require-all", action="store_true", help="a model that cannot run here is an error (exit 3)")
+    p.add_argument("--update-baselines", action="store_true",
+                   help="record the measured tables (and ranks) in the baselines directory")
+    _add_project_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="render report.html from results.json", epilog=_EPILOG_REPORT,
+                       formatter_class=fmt, description="Render the HTML report of a finished run.")
+    p.add_argument("results", help="results directory or results.json")
+    p.add_argument("-o", "--output", metavar="HTML", help="output file (default: report.html beside results.json)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="per-cell differences between two runs", epilog=_EPILOG_COMPARE,
+                       formatter_class=fmt, description="Compare two results directories cell by cell.")
+    p.add_argument("a", help="results directory (or results.json) of the reference run")
+    p.add_argument("b", help="results directory (or results.json) of the candidate run")
+    p.add_argument("--alpha", type=float, default=0.05, help="test level (default 0.05)")
+    p.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a cell is significantly worse")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("models", help="registered models and whether their weights are found here",
+                       epilog=_EPILOG_MODELS, formatter_class=fmt,
+                       description="List registered models: baseline row, default text policy, weights.")
+    _add_gate_args(p, only={"weights_dir", "bert_vocab"})
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_project_args(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("check-data", help="validate a MIMIC-CXR root or a manifest and print its counts",
+                       epilog=_EPILOG_CHECK, formatter_class=fmt,
+                       description="Validate an evaluation set and print its counts beside the paper's.")
+    _add_gate_args(p, only={"mimic_root", "mimic_reports", "mimic_split", "views", "manifest"})
+    p.add_argument("--skip-bad", action="store_true",
+                   help="count missing images / unreadable reports as exclusions instead of failing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_project_args(p)
+    p.set_defaults(func=cmd_check_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cxr-robust`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UsageProblem as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Worked examples for cxr-robust users (importable as ``examples.*`` from the repository root)."""

@@ -1,0 +1,1 @@
+"""Bring-your-own-model example: see README.md in this folder."""
