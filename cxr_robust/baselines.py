@@ -135,6 +135,7 @@ def write_table(cells: Iterable[BaselineCell], path: str | Path) -> Path:
             for c in cells:
                 writer.writerow([c.model, c.dataset, c.k, f"{c.ratio * 100:.2f}", f"{c.recall * 100:.2f}",
                                  c.n_queries, c.n_candidates, c.seed, c.source])
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are shared artifacts
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -163,24 +163,6 @@ def _describe_cell(d: Any) -> str:
             f"{100 * d.chance:.2f}%: {'; '.join(why)}")
 
 
-def save_run_ranks(session: "GateSession", directory: Path) -> list[Path]:
-    """Per-query rank counts of every measured model under ``directory/ranks`` (input of paired compare)."""
-    from cxr_robust.results import save_ranks
-
-    written = []
-    for model, run in session._runs.items():
-        res = run.result
-        if res is None:
-            continue
-        meta = {"model": model, "dataset": res.dataset, "seed": res.seed, "text_policy": res.text_policy,
-                "model_fingerprint": res.meta.get("model_fingerprint")}
-        # Named like --update-baselines' ranks (row__dataset__seedN.npz), so a results directory can also
-        # serve as the reference of a paired comparison; ``meta["model"]`` is what `compare` matches on.
-        name = f"{_slug(res.baseline_row or model)}__{res.dataset}__seed{res.seed}.npz"
-        written.append(save_ranks(directory / "ranks" / name, res.counts, res.image_ids, meta))
-    return written
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gate's sweeps outside pytest and write the results directory."""
     from cxr_robust.gate import GateSession
@@ -224,7 +206,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             codes.append(EXIT_FAILED)
     if session._runs or session.skipped:  # a run that only skipped still leaves a report saying why
         paths = session.write_outputs()
-        paths.update({f"ranks {i}": p for i, p in enumerate(save_run_ranks(session, Path(options.report_dir)), 1)})
         if options.update_baselines:
             paths.update({f"baseline {i}": p for i, p in enumerate(session.update_baselines(), 1)})
         for kind, path in paths.items():
@@ -641,10 +622,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageProblem as exc:
         _err(str(exc))
         return EXIT_USAGE
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 if __name__ == "__main__":

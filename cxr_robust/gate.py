@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS: tuple[str, ...] = (DEMO_MODEL, *PAPER_MODELS)
+RECORDED_SOURCE = "cxr-robust --update-baselines"
+"""Start of the ``source`` column of baseline rows this tool measured (as opposed to published ones)."""
 DATASETS = ("phantom", "mimic", "manifest")
 
 
@@ -124,14 +126,21 @@ class GateSession:
             self._tables = [BaselineTable.load(p) for p in paths]
         return self._tables
 
-    def baseline_for(self, model: str) -> tuple[BaselineTable | None, str]:
-        """The table holding ``model``'s row on the configured dataset, and the row name."""
-        row = get_spec(model).baseline_row or model
-        for table in self.baseline_tables():
-            sub = table.for_dataset(self.dataset_name())
-            if sub.for_model(row):
-                return sub, row
-        return None, row
+    def baseline_row(self, model: str, result: "SweepResult | None" = None) -> str:
+        """The baseline row of ``model``: its registry spec's, else the built model's, else its name."""
+        return get_spec(model).baseline_row or (result.baseline_row if result else None) or model
+
+    def baseline_for(self, model: str, row: str | None = None) -> tuple[BaselineTable | None, str]:
+        """The table holding ``model``'s row on the configured dataset, and the row name.
+
+        A table recorded here (``--update-baselines``) wins over a published one (the paper's Table 1), so
+        once a team has measured its own reference on its own data, the gate compares against that.
+        """
+        row = row or self.baseline_row(model)
+        found = [sub for table in self.baseline_tables()
+                 if (sub := table.for_dataset(self.dataset_name())).for_model(row)]
+        found.sort(key=lambda t: not all(c.source.startswith(RECORDED_SOURCE) for c in t.for_model(row)))
+        return (found[0], row) if found else (None, row)
 
     def unavailable_reason(self, model: str) -> str | None:
         """Why ``model`` cannot run in this configuration (naming what to set), or None."""
@@ -207,7 +216,7 @@ class GateSession:
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
                      data.num_images, data.num_studies)
             run.result = run_sweep(net, data, config, EmbeddingCache(o.cache_dir))
-            table, row = self.baseline_for(model)
+            table, row = self.baseline_for(model, self.baseline_row(model, run.result))
             run.baseline_source = str(table.path) if table is not None else None
             run.decisions = self._decide(run.result, table, row)
         except Exception as exc:  # remembered and reported by every cell of the model
@@ -270,6 +279,8 @@ class GateSession:
         doc = doc if doc is not None else self.document()
         paths = write_results(directory, doc)
         paths["html"] = write_report(doc, directory / "report.html")
+        for i, path in enumerate(self.save_ranks(directory), start=1):
+            paths[f"ranks {i}"] = path
         return paths
 
     def update_baselines(self) -> list[Path]:
@@ -280,21 +291,38 @@ class GateSession:
             if run.result is None:
                 continue
             res = run.result
-            row = res.baseline_row or model
+            row = self.baseline_row(model, res)
             new = [BaselineCell(model=row, dataset=res.dataset, k=k, ratio=r, recall=v, n_queries=res.n_queries,
                                 n_candidates=res.n_candidates, seed=str(res.seed),
-                                source=f"cxr-robust --update-baselines ({res.meta.get('device')})")
+                                source=f"{RECORDED_SOURCE} ({res.meta.get('device')})")
                    for r, by_k in res.grid().items() for k, v in by_k.items()]
-            table, _ = self.baseline_for(model)
-            path = Path(table.path) if table is not None and table.path else base_dir / f"{_slug(row)}__{res.dataset}.csv"
+            table, _ = self.baseline_for(model, row)
+            recorded = table is not None and all(c.source.startswith(RECORDED_SOURCE) for c in table.for_model(row))
+            # Published numbers (the paper's Table 1) are never overwritten: a measurement goes to its own file.
+            path = Path(table.path) if recorded and table.path else base_dir / f"{_slug(row)}__{res.dataset}.csv"
             keep = []
             if path.exists():
                 keep = [c for c in BaselineTable.load(path).cells if not (c.model == row and c.dataset == res.dataset)]
             written.append(write_table(keep + new, path))
-            written.append(save_ranks(base_dir / "ranks" / f"{_slug(row)}__{res.dataset}__seed{res.seed}.npz",
-                                      res.counts, res.image_ids, {"model": model, **{k: res.meta[k] for k in
-                                      ("model_fingerprint", "dataset_counts", "text_policy", "seed")}}))
+        written += self.save_ranks(base_dir)
         self._tables = None  # re-read on next use
+        return written
+
+    def save_ranks(self, directory: str | Path) -> list[Path]:
+        """Per-query ranks of every measured model as ``directory/ranks/<row>__<dataset>__seed<N>.npz``.
+
+        These are the input of paired comparisons (``--cxr-paired``, ``cxr-robust compare``).
+        """
+        written = []
+        for model, run in self._runs.items():
+            res = run.result
+            if res is None:
+                continue
+            meta = {"model": model, "dataset": res.dataset, "seed": res.seed, "text_policy": res.text_policy,
+                    "model_fingerprint": res.meta.get("model_fingerprint"),
+                    "dataset_counts": res.meta.get("dataset_counts")}
+            name = f"{_slug(self.baseline_row(model, res))}__{res.dataset}__seed{res.seed}.npz"
+            written.append(save_ranks(Path(directory) / "ranks" / name, res.counts, res.image_ids, meta))
         return written
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 _SESSION_KEY: "pytest.StashKey[GateSession]" = pytest.StashKey()
 
-# option name -> (ini name, environment variable, help); the command line overrides ini, ini overrides env.
+# option name -> (ini name, environment variable, help); precedence: command line > ini > pyproject > env.
 _OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "cxr_models": ("cxr_robust_models", "CXR_ROBUST_MODELS",
                    "comma-separated models to gate (default: phantom-clip and the four Table 1 models)"),
@@ -89,58 +89,34 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"cxr-robust: {exc}") from None
 
 
-def _value(config: pytest.Config, dest: str) -> str | None:
-    ini, env, _ = _OPTIONS[dest]
-    cli = config.getoption(dest)
-    if cli not in (None, ""):
-        return str(cli)
-    ini_value = config.getini(ini)
-    if ini_value:
-        return str(ini_value)
-    return os.environ.get(env) if env else None
-
-
-def _csv(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+_FIELDS = {"cxr_models": "models", "cxr_dataset": "dataset", "phantom_studies": "phantom_studies",
+           "mimic_root": "mimic_root", "mimic_reports": "mimic_reports", "mimic_split": "mimic_split",
+           "cxr_views": "views", "cxr_manifest": "manifest", "weights_dir": "weights_dir", "bert_vocab": "bert_vocab",
+           "cxr_device": "device", "cxr_ratios": "ratios", "cxr_ks": "ks", "cxr_seed": "seed",
+           "cxr_batch_size": "batch_size", "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir",
+           "cxr_baselines": "baselines", "cxr_alpha": "alpha", "on_bad_image": "on_bad_image",
+           "cxr_text_policy": "text_policy"}
+"""Command-line dest -> GateOptions field."""
 
 
 def build_options(config: pytest.Config) -> "Any":
-    """GateOptions from the command line, ini file and environment."""
-    from cxr_robust.gate import GateOptions
+    """GateOptions from, in order of precedence: command line, ini file, ``[tool.cxr_robust]`` in
+    pyproject.toml, ``CXR_ROBUST_*`` environment variables, defaults (see ``cxr_robust.config``)."""
+    from cxr_robust.config import ConfigError, build_gate_options
 
-    kwargs: dict[str, Any] = {}
-    if models := _csv(_value(config, "cxr_models")):
-        kwargs["models"] = tuple(models)
-    simple = {"cxr_dataset": "dataset", "mimic_root": "mimic_root", "mimic_reports": "mimic_reports",
-              "mimic_split": "mimic_split", "cxr_views": "views", "cxr_manifest": "manifest",
-              "weights_dir": "weights_dir", "bert_vocab": "bert_vocab", "cxr_device": "device",
-              "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir", "cxr_text_policy": "text_policy",
-              "on_bad_image": "on_bad_image"}
-    for dest, field_name in simple.items():
-        if (v := _value(config, dest)) is not None:
-            kwargs[field_name] = v
-    if ratios := _csv(_value(config, "cxr_ratios")):
-        kwargs["ratios"] = tuple(float(r) / 100.0 for r in ratios)
-    if ks := _csv(_value(config, "cxr_ks")):
-        kwargs["ks"] = tuple(int(k) for k in ks)
-    for dest, field_name, cast in (("phantom_studies", "phantom_studies", int), ("cxr_seed", "seed", int),
-                                   ("cxr_batch_size", "batch_size", int),
-                                   ("cxr_alpha", "alpha", float)):
-        if (v := _value(config, dest)) is not None:
-            kwargs[field_name] = cast(v)
-    if baselines := _csv(_value(config, "cxr_baselines")):
-        kwargs["baselines"] = tuple(baselines)
+    cli: dict[str, Any] = {field: config.getoption(dest) for dest, field in _FIELDS.items()}
+    ini: dict[str, Any] = {field: config.getini(_OPTIONS[dest][0]) or None for dest, field in _FIELDS.items()}
     weights = {}
     for item in config.getoption("cxr_weights"):
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise pytest.UsageError(f"--weights expects MODEL=PATH, got {item!r}")
         weights[name] = path
-    kwargs.update(weights=weights, require_all=config.getoption("require_all"),
-                  update_baselines=config.getoption("update_baselines"))
+    cli.update(weights=weights or None, require_all=config.getoption("require_all") or None,
+               update_baselines=config.getoption("update_baselines") or None)
     try:
-        return GateOptions(**kwargs)
-    except ValueError as exc:
+        return build_gate_options(cli=cli, ini=ini, start=config.rootpath)
+    except (ConfigError, ValueError) as exc:
         raise pytest.UsageError(f"cxr-robust: {exc}") from None
 
 

@@ -192,3 +192,94 @@ def decide(cells: Sequence[CellInput], rule: GateRule = GateRule()) -> list[Cell
         d.chance_p_adjusted = float(p_adj)
         d.chance_passed = bool(p_adj >= rule.alpha)
     return out
+
+
+# ----- resampling and per-cell seed spread (used by paired.py, summaries.py and the validation study) -------
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, chunk: int = 256) -> np.ndarray:
+    """Means of the columns of ``values`` ``(M, P)`` over ``n_boot`` resamples of its rows: ``(n_boot, P)``.
+
+    Every column is resampled with the same row indices (the rows are queries, the columns cells measured
+    on those queries), so dependence between columns is kept. Row indices are drawn uniformly from
+    ``numpy.random.default_rng(seed)`` and turned into per-row counts, in chunks so memory stays ``chunk x M``.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 1:
+        values = values[:, None]
+    m = values.shape[0]
+    if m == 0:
+        raise ValueError("cannot bootstrap an empty sample (M = 0)")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, values.shape[1]))
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        # Counts of each row in each resample (one bincount for the chunk: much faster than multinomial).
+        flat = (rng.integers(0, m, (b, m)) + (np.arange(b) * m)[:, None]).ravel()
+        weights = np.bincount(flat, minlength=b * m).reshape(b, m)
+        out[start:start + b] = weights @ values / m
+    return out
+
+
+def seed_spread(grids: Sequence[dict[float, dict[int, float]]]) -> dict[tuple[float, int], float]:
+    """Per-cell standard deviation (ddof=1) of Recall@k across runs that differ only in the occlusion seed.
+
+    ``grids`` are ``SweepResult.grid()`` outputs of one model on one data set, one per seed. The result is
+    the sd of a *single* run's recall due to where the boxes fall (0 at ratio 0, where nothing is occluded).
+    """
+    if len(grids) < 2:
+        raise ValueError(f"seed_spread needs runs with at least 2 seeds, got {len(grids)}")
+    cells = {(r, k) for r, by_k in grids[0].items() for k in by_k}
+    for i, g in enumerate(grids[1:], start=1):
+        other = {(r, k) for r, by_k in g.items() for k in by_k}
+        if other != cells:
+            diff = sorted(cells ^ other)[:3]
+            raise ValueError(f"run {i} measured different cells than run 0 (e.g. (ratio, k) {diff}); "
+                             "seed_spread needs the same grid in every run")
+    return {(r, k): float(np.std([g[r][k] for g in grids], ddof=1)) for r, k in sorted(cells)}
+
+
+def seed_sd_for_baseline(spread: dict[tuple[float, int], float],
+                         baseline_runs: int = 1) -> dict[tuple[float, int], float]:
+    """Per-cell ``seed_sd`` for :func:`decide_per_cell` when the baseline was recorded on the same images.
+
+    The baseline is then not an independent sample of queries (``GateRule(baseline_is_sample=False)``), but
+    it still carries its own occlusion noise: sd / sqrt(baseline_runs) for a mean over that many seeds.
+    """
+    if baseline_runs < 1:
+        raise ValueError(f"baseline_runs must be >= 1, got {baseline_runs}")
+    return {cell: sd / math.sqrt(baseline_runs) for cell, sd in spread.items()}
+
+
+def decide_per_cell(cells: Sequence[CellInput], rule: GateRule = GateRule(),
+                    seed_sd: dict[tuple[float, int], float] | None = None) -> list[CellDecision]:
+    """:func:`decide` with a per-cell seed sd: ``seed_sd[(ratio, k)]`` replaces ``rule.seed_sd`` for that cell.
+
+    Cells missing from ``seed_sd`` use ``rule.seed_sd``. The chance tests do not involve the seed sd and are
+    exactly those of :func:`decide`; the regression test, its tolerance and the Holm family are recomputed.
+    """
+    from scipy.stats import norm
+
+    out = decide(cells, rule)
+    seed_sd = seed_sd or {}
+    parts = "b(1-b)/M" + (" + b(1-b)/M_base" if rule.baseline_is_sample else "") + " + seed_sd(ratio,k)^2"
+    text = (f"one-sided z-test, se = sqrt({parts}), Holm-adjusted over the model's grid, "
+            f"fail if adjusted p < alpha={rule.alpha}")
+    with_base = [i for i, c in enumerate(cells) if c.baseline is not None]
+    z_bonf = float(norm.ppf(1 - rule.alpha / max(len(with_base), 1)))
+    pvals = []
+    for i in with_base:
+        c = cells[i]
+        sd = float(seed_sd.get((c.ratio, c.k), rule.seed_sd))
+        se = _se(c, GateRule(alpha=rule.alpha, baseline_is_sample=rule.baseline_is_sample, seed_sd=sd))
+        out[i].se, out[i].tolerance = se, z_bonf * se
+        out[i].p_value = float(norm.cdf((c.measured - c.baseline) / se))
+        out[i].extras["seed_sd"] = sd
+        out[i].rule = text
+        pvals.append(out[i].p_value)
+    for i, p_adj in zip(with_base, holm(pvals) if pvals else []):
+        out[i].p_adjusted = float(p_adj)
+        out[i].passed = bool(p_adj >= rule.alpha)
+    return out

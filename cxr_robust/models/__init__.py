@@ -29,6 +29,7 @@ _BUILTINS = [
         description="small open_clip CLIP trained on the phantom train split; weights ship in the package",
         baseline_row="phantom-clip",
         builtin_weights=True,
+        builtin_file="weights/phantom_clip.safetensors",
         weights_env="CXR_ROBUST_PHANTOM_CLIP_WEIGHTS",
     ),
     ModelSpec(

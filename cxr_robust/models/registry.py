@@ -50,6 +50,8 @@ class ModelSpec:
     source_url: str = ""
     needs_bert_vocab: bool = False
     builtin_weights: bool = False
+    builtin_file: str | None = None
+    """For built-in weights: the file's path inside the ``cxr_robust`` package."""
     options: dict[str, Any] = field(default_factory=dict)
 
     def locate_weights(self, explicit: str | Path | None = None, weights_dir: str | Path | None = None) -> Path | None:
@@ -70,6 +72,11 @@ class ModelSpec:
                 bert_vocab: str | Path | None = None) -> str | None:
         """Why this model cannot run here (naming exactly what to set), or None when it can."""
         problems = []
+        if self.builtin_weights and self.builtin_file and not self.locate_weights(explicit, weights_dir):
+            shipped = Path(__file__).resolve().parent.parent / self.builtin_file
+            if not shipped.is_file():
+                problems.append(f"the weights shipped with cxr-robust for {self.name!r} are missing ({shipped}); "
+                                f"reinstall the package, or pass --weights {self.name}=PATH")
         if not self.builtin_weights:
             path = self.locate_weights(explicit, weights_dir)
             how = (f"pass --weights {self.name}=PATH, set {self.weights_env or WEIGHTS_DIR_ENV}, or put "

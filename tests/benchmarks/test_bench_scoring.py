@@ -39,6 +39,15 @@ def _best_of(fn, repeat: int = 7) -> float:
     return best
 
 
+def _interleaved_best(a, b, repeat: int = 15) -> tuple[float, float]:
+    """Best times of ``a`` and ``b`` measured alternately, so both see the same background load."""
+    best_a = best_b = float("inf")
+    for _ in range(repeat):
+        best_a = min(best_a, _best_of(a, 1))
+        best_b = min(best_b, _best_of(b, 1))
+    return best_a, best_b
+
+
 def score_and_recall(img: torch.Tensor, txt: torch.Tensor, targets: np.ndarray) -> dict[int, float]:
     """What the engine does per ratio: one product, rank counts, every k from the same counts."""
     return recall_at_k(score_ranks(img, txt, targets), PAPER_KS)
@@ -58,8 +67,7 @@ def test_scoring_close_to_the_matmul_floor(benchmark, embeddings) -> None:
     img, txt, targets = embeddings
     recalls = benchmark(score_and_recall, img, txt, targets)
     assert set(recalls) == set(PAPER_KS)
-    floor = _best_of(lambda: img @ txt.T)
-    ours = _best_of(lambda: score_and_recall(img, txt, targets))
+    floor, ours = _interleaved_best(lambda: img @ txt.T, lambda: score_and_recall(img, txt, targets))
     benchmark.extra_info.update(floor_s=floor, ours_s=ours, ratio_to_floor=ours / floor)
     print(f"\nscoring + Recall@{list(PAPER_KS)}: {ours * 1e3:.1f} ms, bare product {floor * 1e3:.1f} ms, "
           f"ratio {ours / floor:.2f}x (target <= 1.5x)")

@@ -1,0 +1,157 @@
+"""Robustness summaries of one model's sweep: area under the recall-vs-occlusion curve and relative drops.
+
+Definitions, for one depth k, with ratios ``0 = r_0 < r_1 < ... < r_max`` and Recall@k ``R(r)``:
+
+* ``auc@k = (1 / r_max) * trapezoid(R, r)`` over ``[0, r_max]``: the mean recall over occlusion ratios
+  (the ratio axis is the occluded *area* fraction, linear, so 49 % and 81 % weigh most). A flat curve has
+  ``auc = R``. It equals the mean over queries of the same weighted sum of per-query hits.
+* ``auc_rel@k = auc@k / R(0)``: the share of the clean recall kept on average (None when ``R(0) = 0``).
+* ``drop@k[r] = 1 - R(r) / R(0)``: relative loss at ratio ``r`` (0 for a model at chance, since chance
+  ``k/N`` does not depend on occlusion; None when ``R(0) = 0``).
+* Confidence intervals: percentile bootstrap over queries. The same resampled queries are used at every
+  ratio and every k (the same images are reused across ratios, so the ratios are dependent), drawn from
+  ``numpy.random.default_rng(seed)``.
+
+JSON shape of :func:`robustness_summary` (ratios as ``repr(float)`` strings, recalls as fractions)::
+
+    {"ratios": [0.0, 0.0025, ...], "n_queries": 1757, "n_boot": 2000, "confidence": 0.95, "seed": 0,
+     "tie_policy": "expected",
+     "clean@10": {"value": 0.41, "ci": [0.39, 0.43]},
+     "auc@10": {"value": 0.22, "ci": [0.21, 0.23]},
+     "auc_rel@10": {"value": 0.54, "ci": [0.52, 0.56]},
+     "drop@10": {"0.0025": {"value": 0.001, "ci": [-0.004, 0.006]}, ...},
+     ...one set of keys per k}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cxr_robust.metrics import RankCounts, check_ks
+from cxr_robust.stats import bootstrap_means
+
+
+def auc_weights(ratios: Sequence[float]) -> np.ndarray:
+    """Trapezoid weights ``w`` over sorted ``ratios`` (which must start at 0) with ``sum(w) = 1``."""
+    r = np.asarray(ratios, dtype=float)
+    if r.ndim != 1 or r.size < 2:
+        raise ValueError(f"an area under the curve needs at least 2 ratios, got {list(r)}")
+    if r[0] != 0.0 or np.any(np.diff(r) <= 0):
+        raise ValueError(f"ratios must be increasing and start at 0 (clean images), got {list(r)}")
+    gaps = np.diff(r)
+    w = np.zeros_like(r)
+    w[:-1] += gaps / 2
+    w[1:] += gaps / 2
+    return w / r[-1]
+
+
+def hits_matrix(counts: Mapping[float, RankCounts], k: int, policy: str = "expected") -> tuple[np.ndarray, np.ndarray]:
+    """``(ratios, H)``: sorted ratios and per-query hits ``H`` of shape ``(M, n_ratios)`` at depth ``k``."""
+    ratios = np.array(sorted(counts), dtype=float)
+    sizes = {counts[r].n_queries for r in ratios}
+    if len(sizes) != 1:
+        raise ValueError(f"ratios were measured on different numbers of queries: {sorted(sizes)}")
+    return ratios, np.stack([counts[r].hits(k, policy) for r in ratios], axis=1)
+
+
+def _interval(boot: np.ndarray, confidence: float) -> list[float] | None:
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return None
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(boot, [tail, 1 - tail])
+    return [float(lo), float(hi)]
+
+
+def _ratio_of(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def robustness_summary(counts: Mapping[float, RankCounts], ks: Sequence[int], n_boot: int = 2000, seed: int = 0,
+                       confidence: float = 0.95, policy: str = "expected") -> dict[str, Any]:
+    """Clean recall, AUC, relative AUC and relative drops per k, with bootstrap CIs (shape: module docstring)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n_candidates = next(iter(counts.values())).n_candidates
+    ks = check_ks(ks, n_candidates)
+    ratios = np.array(sorted(counts), dtype=float)
+    w = auc_weights(ratios)
+    # One (M, K * R) matrix, so a single resampling serves every k and ratio.
+    hits = np.concatenate([hits_matrix(counts, k, policy)[1] for k in ks], axis=1)
+    n_r = ratios.size
+    point = hits.mean(axis=0)
+    boot = bootstrap_means(hits, n_boot, seed)
+    out: dict[str, Any] = {"ratios": [float(r) for r in ratios], "n_queries": int(hits.shape[0]), "n_boot": n_boot,
+                           "confidence": confidence, "seed": seed, "tie_policy": policy}
+    for j, k in enumerate(ks):
+        cols = slice(j * n_r, (j + 1) * n_r)
+        rec, rec_b = point[cols], boot[:, cols]
+        auc, auc_b = float(rec @ w), rec_b @ w
+        out[f"clean@{k}"] = {"value": float(rec[0]), "ci": _interval(rec_b[:, 0], confidence)}
+        out[f"auc@{k}"] = {"value": auc, "ci": _interval(auc_b, confidence)}
+        clean_ok = rec[0] > 0
+        out[f"auc_rel@{k}"] = {"value": auc / rec[0] if clean_ok else None,
+                               "ci": _interval(_ratio_of(auc_b, rec_b[:, 0]), confidence) if clean_ok else None}
+        out[f"drop@{k}"] = {
+            repr(float(r)): {"value": float(1 - rec[i] / rec[0]) if clean_ok else None,
+                             "ci": _interval(1 - _ratio_of(rec_b[:, i], rec_b[:, 0]), confidence) if clean_ok else None}
+            for i, r in enumerate(ratios) if i > 0}
+    return out
+
+
+def auc_gate(reference_hits: np.ndarray, candidate_hits: np.ndarray, ratios: Sequence[float],
+             tolerance: float = 0.0, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Paired AUC check: fail when the candidate's AUC is below the reference's by more than ``tolerance``
+    with confidence ``1 - alpha``.
+
+    ``*_hits`` are ``(M, n_ratios)`` per-query hit matrices of the same queries in the same order (from
+    :func:`hits_matrix`). The difference ``auc_cand - auc_ref`` is bootstrapped over queries (paired: one
+    resample for both runs); the check fails when its one-sided upper ``1 - alpha`` bound is below
+    ``-tolerance``. When gating several k together, divide ``alpha`` by their number (Bonferroni).
+    """
+    ref, cand = np.asarray(reference_hits, float), np.asarray(candidate_hits, float)
+    if ref.shape != cand.shape or ref.ndim != 2 or ref.shape[1] != len(ratios):
+        raise ValueError(f"hit matrices must both be (M, {len(ratios)}), got {ref.shape} and {cand.shape}")
+    if not 0 < alpha < 1 or tolerance < 0:
+        raise ValueError(f"need 0 < alpha < 1 and tolerance >= 0, got alpha={alpha}, tolerance={tolerance}")
+    w = auc_weights(np.asarray(ratios, float))
+    per_query = (cand - ref) @ w  # each query's contribution to the AUC difference
+    boot = bootstrap_means(per_query, n_boot, seed)[:, 0]
+    diff = float(per_query.mean())
+    upper = float(np.quantile(boot, 1 - alpha))
+    return {"reference": float((ref @ w).mean()), "candidate": float((cand @ w).mean()), "diff": diff,
+            "upper": upper, "tolerance": tolerance, "alpha": alpha, "n_boot": n_boot, "seed": seed,
+            "passed": bool(upper >= -tolerance)}
+
+
+def auc_vs_baseline(measured_auc_ci: Mapping[str, Any], baseline_auc: float | Mapping[str, Any],
+                    tolerance: float = 0.0, confidence: float = 0.95) -> dict[str, Any]:
+    """Unpaired AUC check against a baseline from another run (other queries or no per-query ranks).
+
+    ``measured_auc_ci`` is an entry of :func:`robustness_summary` (``{"value", "ci"}`` at ``confidence``).
+    A plain-number baseline is taken as exact: fail when the interval's upper end is below
+    ``baseline - tolerance``. A baseline with its own CI is a sample too: the two half-widths are turned
+    into standard errors, added in quadrature, and the difference is z-tested one-sided at
+    ``(1 - confidence) / 2``, the same level as the first case.
+    """
+    from scipy.stats import norm
+
+    value, ci = float(measured_auc_ci["value"]), measured_auc_ci["ci"]
+    if ci is None:
+        raise ValueError("the measured AUC has no confidence interval")
+    if isinstance(baseline_auc, Mapping):
+        base, base_ci = float(baseline_auc["value"]), baseline_auc.get("ci")
+    else:
+        base, base_ci = float(baseline_auc), None
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    if base_ci is None:
+        upper = float(ci[1])
+    else:
+        se = math.hypot((ci[1] - ci[0]) / (2 * z), (base_ci[1] - base_ci[0]) / (2 * z))
+        upper = value + z * se  # upper confidence bound of the measured value, widened by the baseline's error
+    return {"measured": value, "baseline": base, "diff": value - base, "upper": upper, "tolerance": tolerance,
+            "passed": bool(upper >= base - tolerance)}
