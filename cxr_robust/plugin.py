@@ -204,6 +204,18 @@ class GateCell:
                                      f"Holm-adjusted p = {d.chance_p_adjusted:.2g}")
 
 
+class UnavailableCell:
+    """Stands in for a cell whose model cannot run under ``--require-all``: every check fails with why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def check_baseline(self) -> None:
+        pytest.fail(self.reason, pytrace=False)
+
+    check_chance = check_baseline
+
+
 def _skip_or_fail(reason: str, require_all: bool) -> None:
     if require_all:
         pytest.fail(f"--require-all: {reason}", pytrace=False)
@@ -223,7 +235,9 @@ def gate_cell(request: pytest.FixtureRequest, cxr_gate: "GateSession") -> GateCe
     reason = cxr_gate.unavailable_reason(param.model)
     if reason:
         cxr_gate.skipped[param.model] = reason
-        _skip_or_fail(f"{param.model}: {reason}", cxr_gate.options.require_all)
+        if cxr_gate.options.require_all:  # fail in the test itself (a failure, not a setup error)
+            return UnavailableCell(f"--require-all: {param.model}: {reason}")  # type: ignore[return-value]
+        pytest.skip(f"{param.model}: {reason}")
     run = cxr_gate.run(param.model)
     if run.error is not None:
         pytest.fail(f"{param.model}: the sweep failed: {type(run.error).__name__}: {run.error}", pytrace=False)

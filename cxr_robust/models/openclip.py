@@ -101,8 +101,11 @@ class OpenClipAdapter(RetrievalModel):
 
     def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """L2-normalised image embeddings of a ``uint8`` batch."""
-        x = self.normalise(pixels.to(self.device))
-        return l2_normalise(self.model.encode_image(x))
+        import torch
+
+        with torch.inference_mode():  # never build autograd graphs, whoever calls
+            x = self.normalise(pixels.to(self.device))
+            return l2_normalise(self.model.encode_image(x))
 
     def tokenize(self, texts: list[str]) -> "torch.Tensor":
         """CLIP BPE token ids, truncated to the context length (the end-of-text token is kept)."""
@@ -110,8 +113,11 @@ class OpenClipAdapter(RetrievalModel):
 
     def encode_texts(self, texts: list[str]) -> "torch.Tensor":
         """L2-normalised text embeddings."""
-        tokens = self.tokenize(texts).to(self.device)
-        return l2_normalise(self.model.encode_text(tokens))
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.tokenize(texts).to(self.device)
+            return l2_normalise(self.model.encode_text(tokens))
 
     def weights_digest(self) -> str:
         """SHA-256 over the model's parameters and buffers (for models built in memory, with no weights file)."""
