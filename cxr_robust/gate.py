@@ -264,7 +264,8 @@ class GateSession:
                           for reason, n in (data.meta.get(f"excluded_{kind}") or {}).items() if n}
             for model, run in self._runs.items():  # images left out at decode time (--on-bad-image skip)
                 for reason, n in ((run.result.meta.get("skipped_images") or {}) if run.result else {}).items():
-                    exclusions[f"images skipped by {model}: {reason}"] = n
+                    if n:
+                        exclusions[f"images skipped by {model}: {reason}"] = n
             dataset.update(counts=data.counts(), credentialed=data.credentialed, exclusions=exclusions,
                            version=data.meta.get("dataset_version"), reports_source=data.meta.get("reports_source"))
         run = {"config": self.options.effective(), "rule": self.rule.describe(), "dataset": dataset,
