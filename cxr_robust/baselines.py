@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from cxr_robust.atomic import atomic_open
 
 COLUMNS = ("model", "dataset", "k", "occlusion_pct", "recall_pct", "n_queries", "n_candidates", "seed", "source")
 REQUIRED = ("model", "dataset", "k", "occlusion_pct", "recall_pct", "n_queries", "n_candidates")
@@ -126,18 +126,10 @@ def _parse_row(row: dict, path: Path, line: int) -> BaselineCell:
 def write_table(cells: Iterable[BaselineCell], path: str | Path) -> Path:
     """Write ``cells`` to ``path`` atomically (temporary file + rename), percentages with 2 decimals."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            for c in cells:
-                writer.writerow([c.model, c.dataset, c.k, f"{c.ratio * 100:.2f}", f"{c.recall * 100:.2f}",
-                                 c.n_queries, c.n_candidates, c.seed, c.source])
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are shared artifacts
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for c in cells:
+            writer.writerow([c.model, c.dataset, c.k, f"{c.ratio * 100:.2f}", f"{c.recall * 100:.2f}",
+                             c.n_queries, c.n_candidates, c.seed, c.source])
     return path

@@ -290,7 +290,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     Under pytest-xdist each worker writes its models' results to a part file and the controller merges them.
     """
     config = session.config
-    from cxr_robust.results import atomic_write_text, load_results, merge_documents
+    from cxr_robust.atomic import atomic_write_text
+    from cxr_robust.results import load_results, merge_documents
 
     if _is_xdist_controller(config):
         parts_dir = _parts_dir(config)

@@ -20,7 +20,8 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from cxr_robust.results import PAPER_COUNTS, atomic_write_text
+from cxr_robust.atomic import atomic_write_text
+from cxr_robust.results import PAPER_COUNTS
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies; one colour per k.
 K_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")

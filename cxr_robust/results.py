@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from cxr_robust.atomic import atomic_open, atomic_write_text
 from cxr_robust.metrics import RankCounts
 
 SCHEMA = "cxr-robust/results/1"
@@ -51,22 +50,6 @@ def git_revision(cwd: str | Path | None = None) -> str | None:
         return rev or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are shared artifacts
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_document(outcomes: Iterable[ModelOutcome], run: dict[str, Any]) -> dict[str, Any]:
@@ -142,22 +125,14 @@ def save_ranks(path: str | Path, counts: dict[float, RankCounts], image_ids: lis
                meta: dict[str, Any]) -> Path:
     """Per-query rank counts of every ratio (for paired comparisons), written atomically as ``.npz``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"image_ids": np.array(image_ids, dtype=str),
                               "meta": np.array(json.dumps(meta, sort_keys=True, default=_jsonable))}
     for ratio, c in counts.items():
         arrays[f"above_{ratio!r}"] = c.above
         arrays[f"ties_{ratio!r}"] = c.ties
         arrays[f"n_{ratio!r}"] = np.array(c.n_candidates)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are shared artifacts
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 

@@ -275,12 +275,7 @@ class BertTowerAdapter(RetrievalModel):
 
     def normalise(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """``uint8 (B, C, S, S)`` -> ``(x * scale - mean) / std`` per channel, float32."""
-        import torch
-
-        n = self.normalisation
-        mean = torch.tensor(n.mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-        std = torch.tensor(n.std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-        return (pixels.float() * n.scale - mean) / std
+        return self.normalisation.apply(pixels)
 
     def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """L2-normalised image embeddings of a ``uint8`` batch."""

@@ -35,6 +35,14 @@ class Normalisation:
     std: tuple[float, ...] = OPENAI_STD
     scale: float = 1.0 / 255.0
 
+    def apply(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """``uint8 (B, C, S, S)`` -> float32 ``(x * scale - mean) / std`` per channel, on the pixels' device."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+        return (pixels.float() * self.scale - mean) / std
+
 
 def resize_center_crop(image: "Image.Image", size: int, resample: str = "bicubic") -> np.ndarray:
     """Resize the shorter side to ``size`` (PIL, antialiased) and crop the centre square: ``uint8 (S, S)``.
@@ -92,12 +100,7 @@ class OpenClipAdapter(RetrievalModel):
 
     def normalise(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """``uint8 (B, 3, S, S)`` -> normalised float32 on the model's device."""
-        import torch
-
-        n = self.normalisation
-        mean = torch.tensor(n.mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-        std = torch.tensor(n.std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-        return (pixels.float() * n.scale - mean) / std
+        return self.normalisation.apply(pixels)
 
     def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """L2-normalised image embeddings of a ``uint8`` batch."""
