@@ -64,6 +64,8 @@ class GateOptions:
     update_baselines: bool = False
     text_policy: str | None = None
     on_bad_image: str = "error"
+    compare_to: str | None = None
+    summaries: bool = True
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -87,6 +89,7 @@ class ModelRun:
     decisions: dict[tuple[float, int], CellDecision] = field(default_factory=dict)
     baseline_source: str | None = None
     error: BaseException | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def cell_id(model: str, ratio: float, k: int) -> str:
@@ -219,9 +222,34 @@ class GateSession:
             table, row = self.baseline_for(model, self.baseline_row(model, run.result))
             run.baseline_source = str(table.path) if table is not None else None
             run.decisions = self._decide(run.result, table, row)
+            if o.compare_to:
+                run.baseline_source = str(self._apply_paired(run.result, row, run.decisions))
+            if o.summaries:
+                from cxr_robust.summaries import robustness_summary
+
+                run.summary = robustness_summary(run.result.counts, run.result.ks, n_boot=1000, seed=o.seed)
         except Exception as exc:  # remembered and reported by every cell of the model
             run.error = exc
         return run
+
+    def _apply_paired(self, result: "SweepResult", row: str,
+                      decisions: dict[tuple[float, int], CellDecision]) -> Path:
+        """Replace the unpaired baseline verdicts by paired ones against a recorded run's per-query ranks."""
+        from cxr_robust.paired import find_reference_ranks, paired_decide
+        from cxr_robust.results import load_ranks
+
+        assert self.options.compare_to is not None
+        path = find_reference_ranks(self.options.compare_to, row, result.dataset, result.seed)
+        ref_counts, ref_ids, _ = load_ranks(path)
+        for p in paired_decide(ref_counts, result.counts, ref_ids, result.image_ids, result.ks,
+                               alpha=self.options.alpha, seed=self.options.seed):
+            d = decisions[(p.ratio, p.k)]
+            d.baseline, d.baseline_n_queries = p.reference, p.n_queries
+            d.p_value, d.p_adjusted, d.passed, d.tolerance, d.se = p.p_value, p.p_adjusted, p.passed, None, None
+            d.rule = (f"paired {p.method} on per-query hits against {path.name}, one-sided, Holm-adjusted over "
+                      f"the model's grid, fail if adjusted p < alpha={self.options.alpha}")
+            d.extras["paired"] = p.as_dict()
+        return path
 
     def _decide(self, result: "SweepResult", table: BaselineTable | None,
                 row: str) -> dict[tuple[float, int], CellDecision]:
@@ -250,7 +278,7 @@ class GateSession:
                 cells = [d.as_dict() for d in run.decisions.values()]
                 out.append(ModelOutcome(model, "measured", baseline_row=run.result.baseline_row,
                                         baseline_source=run.baseline_source, text_policy=run.result.text_policy,
-                                        meta=run.result.meta, cells=cells))
+                                        meta=run.result.meta, cells=cells, summary=run.summary))
             elif model in self.skipped:
                 out.append(ModelOutcome(model, "skipped", reason=self.skipped[model]))
         return out

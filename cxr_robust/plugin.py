@@ -53,6 +53,9 @@ _OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "cxr_alpha": ("cxr_robust_alpha", None, "family-wise error rate of the gate per model (default 0.05)"),
     "on_bad_image": ("cxr_robust_on_bad_image", None,
                      "error (default): an unreadable image stops the run; skip: leave it out, counted in the report"),
+    "cxr_compare_to": ("cxr_robust_compare_to", None,
+                       "paired mode: per-query ranks of the previous model (a ranks .npz, baselines/, or a results "
+                       "directory); cells are then tested with a paired exact test instead of against the table"),
     "cxr_text_policy": ("cxr_robust_text_policy", None,
                         "override every model's report text: findings_impression, impression or longest"),
 }
@@ -95,7 +98,7 @@ _FIELDS = {"cxr_models": "models", "cxr_dataset": "dataset", "phantom_studies": 
            "cxr_device": "device", "cxr_ratios": "ratios", "cxr_ks": "ks", "cxr_seed": "seed",
            "cxr_batch_size": "batch_size", "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir",
            "cxr_baselines": "baselines", "cxr_alpha": "alpha", "on_bad_image": "on_bad_image",
-           "cxr_text_policy": "text_policy"}
+           "cxr_text_policy": "text_policy", "cxr_compare_to": "compare_to"}
 """Command-line dest -> GateOptions field."""
 
 
@@ -187,6 +190,11 @@ class GateCell:
             _skip_or_fail(f"no baseline row {self.run.result.baseline_row or self.param.model!r} for dataset "
                           f"{self.session.dataset_name()!r} in {self.session.options.baselines_dir}/*.csv; record "
                           "one with --update-baselines", o.require_all)
+        paired = d.extras.get("paired")
+        assert d.passed or not paired, (
+            f"{self.param.model} at {100 * d.ratio:g}% occlusion regressed against the reference run "
+            f"{self.run.baseline_source}: {self._numbers()}; {paired and paired['b']:g} queries lost the hit, "
+            f"{paired and paired['c']:g} gained it; Holm-adjusted p = {d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})")
         assert d.passed, (f"{self.param.model} at {100 * d.ratio:g}% occlusion regressed: {self._numbers()}; "
                           f"difference {100 * (d.measured - d.baseline):+.2f} pp, Holm-adjusted p = "
                           f"{d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})")

@@ -148,3 +148,18 @@ def test_pytest_html_rows_carry_the_cell(gate_dir: GateProject) -> None:
     html = gate_dir.path / "tests.html"
     run(gate_dir, "--cxr-models", "phantom-clip", "--html", str(html)).assert_outcomes(passed=18)
     assert "measured Recall@10 = " in html.read_text()
+
+
+def test_paired_mode_passes_unchanged_and_catches_a_degraded_model(gate_dir: GateProject, tmp_path: Path) -> None:
+    record_baseline(gate_dir)
+    ranks = gate_dir.path / "baselines" / "ranks"
+    run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-compare-to", str(ranks)).assert_outcomes(passed=18)
+    degraded = tmp_path / "slightly-degraded.safetensors"
+    _write_degraded_weights(degraded, noise=0.3)
+    res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-compare-to", str(ranks),
+              "--weights", f"phantom-clip={degraded}")
+    assert res.parseoutcomes().get("failed", 0) >= 1, res.stdout.str()
+    res.stdout.fnmatch_lines(["*regressed against the reference run *phantom-clip__phantom-eval-s0-n120__seed0.npz*"
+                              "queries lost the hit*paired*"])
+    doc = json.loads((gate_dir.path / "report" / "results.json").read_text())
+    assert "auc@10" in doc["models"][0]["summary"]
