@@ -307,7 +307,7 @@ def print_tables(doc: dict[str, Any]) -> None:
           + "   exact 95 % CI")
     print(f"    per-cell seed sd of Recall@k: median {100 * doc['seed_sd']['median']:.2f}, "
           f"max {100 * doc['seed_sd']['max']:.2f} points")
-    print(f"\n(b) degraded image tower: detection rate by true drop of Recall@10 at 0 % (points)")
+    print("\n(b) degraded image tower: detection rate by true drop of Recall@10 at 0 % (points)")
     print(f"    {'drop':>12} {'n':>3}  " + "  ".join(f"{m:>14}" for m in MODES))
     for b in doc["detection_by_true_drop"]:
         lo, hi = b["drop_pts"]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from cxr_robust import __version__
 
 if TYPE_CHECKING:
-    from cxr_robust.gate import GateOptions, GateSession
+    from cxr_robust.gate import GateOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
 

@@ -8,7 +8,7 @@ the family of the multiple-testing correction, so a cell's verdict never depends
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +28,6 @@ DEFAULT_MODELS: tuple[str, ...] = (DEMO_MODEL, *PAPER_MODELS)
 RECORDED_SOURCE = "cxr-robust --update-baselines"
 """Start of the ``source`` column of baseline rows this tool measured (as opposed to published ones)."""
 DATASETS = ("phantom", "mimic", "manifest")
-
-
-class ModelUnavailable(Exception):
-    """A model that cannot run here (weights or data absent); the message says exactly what to set."""
 
 
 @dataclass
@@ -158,7 +154,7 @@ class GateSession:
         if o.dataset == "manifest" and not o.manifest:
             reasons.append("the manifest dataset needs --cxr-manifest PATH")
         if reasons and model in PAPER_MODELS and o.dataset == "phantom":
-            reasons.append(f"its Table 1 baseline is on MIMIC-CXR: add --cxr-dataset mimic --mimic-root PATH")
+            reasons.append("its Table 1 baseline is on MIMIC-CXR: add --cxr-dataset mimic --mimic-root PATH")
         return "; ".join(reasons) or None
 
     # ----- the data and the sweeps -------------------------------------------------------------------------
@@ -357,8 +353,3 @@ class GateSession:
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def with_overrides(options: GateOptions, **changes: Any) -> GateOptions:
-    """A copy of ``options`` with ``changes`` applied (validated again)."""
-    return replace(options, **changes)

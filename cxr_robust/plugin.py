@@ -13,7 +13,6 @@ Heavy imports (torch, open_clip) happen only when a cell is first evaluated.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -8,8 +8,12 @@ sweep run with ``on_bad_image="skip"`` can count skipped images by reason.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 BAD_IMAGE_REASONS = ("missing", "empty_file", "too_large", "undecodable")
 """Why an image file cannot be used: absent, zero bytes, above :data:`MAX_PIXELS`, or not decodable."""

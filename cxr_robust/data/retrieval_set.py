@@ -6,11 +6,14 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from cxr_robust.data.text_policy import TextPolicy, report_text
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -77,7 +80,7 @@ class RetrievalSet:
         """Candidate report texts, one per study, under ``policy``."""
         return [report_text(f, i, policy) for f, i in zip(self.findings, self.impressions)]
 
-    def open_image(self, index: int, draft_size: int | None = None) -> "Image.Image":  # noqa: F821
+    def open_image(self, index: int, draft_size: int | None = None) -> "Image.Image":
         """Image ``index`` as a PIL image in mode ``L`` (8-bit grayscale).
 
         ``draft_size`` lets the JPEG decoder skip detail that a model input of that side cannot use

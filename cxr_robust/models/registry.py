@@ -11,9 +11,12 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cxr_robust.data.text_policy import TextPolicy
+
+if TYPE_CHECKING:
+    from cxr_robust.models.base import RetrievalModel
 
 
 class UnknownModelError(KeyError):
@@ -141,7 +144,7 @@ def resolve(target: str) -> Callable[..., Any]:
 
 
 def load_model(name: str, weights: str | Path | None = None, weights_dir: str | Path | None = None,
-               **options: Any) -> "RetrievalModel":  # noqa: F821
+               **options: Any) -> "RetrievalModel":
     """Build registered model ``name`` with its weights; raises :class:`MissingWeightsError` if absent."""
     spec = get_spec(name)
     reason = spec.missing(weights, weights_dir, options.get("bert_vocab"))
