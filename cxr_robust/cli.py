@@ -74,7 +74,7 @@ _GATE_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
     (("--ks", "--cxr-ks"), "ks", {"metavar": "K,K"}, "retrieval depths (default 5,10,20,30,50,100)"),
     (("--seed", "--cxr-seed"), "seed", {"metavar": "N"}, "occlusion seed (default 0)"),
     (("--batch-size", "--cxr-batch-size"), "batch_size", {"metavar": "N"},
-     "images/texts per forward pass (default 256)"),
+     "images/texts per forward pass (default 64; raise it on a GPU)"),
     (("--cache-dir", "--cxr-cache-dir"), "cache_dir", {"metavar": "DIR"},
      "embedding cache (default ~/.cache/cxr_robust) [env CXR_ROBUST_CACHE_DIR]"),
     (("--out", "--cxr-report"), "report_dir", {"metavar": "DIR"},

@@ -50,7 +50,7 @@ class GateOptions:
     ratios: tuple[float, ...] = PAPER_RATIOS
     ks: tuple[int, ...] = PAPER_KS
     seed: int = 0
-    batch_size: int = 256
+    batch_size: int = 64
     cache_dir: str | None = None
     report_dir: str = "cxr-robust-report"
     baselines: tuple[str, ...] = ()

@@ -44,7 +44,7 @@ _OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "cxr_ratios": ("cxr_robust_ratios", None, "comma-separated occlusion ratios in percent (default: the paper's)"),
     "cxr_ks": ("cxr_robust_ks", None, "comma-separated k (default: 5,10,20,30,50,100)"),
     "cxr_seed": ("cxr_robust_seed", None, "occlusion seed (default 0)"),
-    "cxr_batch_size": ("cxr_robust_batch_size", None, "images/texts per forward pass (default 256)"),
+    "cxr_batch_size": ("cxr_robust_batch_size", None, "images/texts per forward pass (default 64; raise it on a GPU)"),
     "cxr_cache_dir": ("cxr_robust_cache_dir", "CXR_ROBUST_CACHE_DIR", "embedding cache (default ~/.cache/cxr_robust)"),
     "cxr_report": ("cxr_robust_report", None, "directory for report.html, results.json, results.csv "
                                               "(default ./cxr-robust-report)"),
