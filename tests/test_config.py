@@ -146,7 +146,7 @@ def test_precedence_cli_over_ini_over_pyproject_over_env_over_defaults(tmp_path:
     assert opts.alpha == 0.01                # pyproject beats the default
     assert opts.mimic_root == "/py"          # pyproject beats the environment
     assert opts.weights_dir == "/env-w" and opts.device == "cpu"  # environment beats the default
-    assert opts.batch_size == 256            # default
+    assert opts.batch_size == GateOptions().batch_size  # default
     assert opts.weights == {"clip": "/py/clip.pt", "medclip-vit": "/cli/m.zip"}
     assert build_gate_options(start=tmp_path, environ=env, use_pyproject=False).mimic_root == "/env"
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cxr_robust.metrics import RankCounts
-from cxr_robust.stats import CellInput, GateRule, bootstrap_means, decide, decide_per_cell, seed_sd_for_baseline, seed_spread
+from cxr_robust.stats import (CellInput, GateRule, bootstrap_means, decide, decide_per_cell, seed_sd_for_baseline,
+                              seed_spread)
 from cxr_robust.summaries import auc_gate, auc_vs_baseline, auc_weights, hits_matrix, robustness_summary
 
 RATIOS = (0.0, 0.0025, 0.01, 0.04, 0.09, 0.25, 0.49, 0.81)
@@ -72,7 +73,8 @@ def test_summary_cis_contain_estimates_and_are_seeded() -> None:
     for key in ("clean@10", "auc@10", "auc_rel@10"):
         lo, hi = a[key]["ci"]
         assert lo <= a[key]["value"] <= hi
-    assert a["drop@10"]["0.81"]["value"] == pytest.approx(1 - counts[0.81].hits(10).mean() / counts[0.0].hits(10).mean())
+    expected = 1 - counts[0.81].hits(10).mean() / counts[0.0].hits(10).mean()
+    assert a["drop@10"]["0.81"]["value"] == pytest.approx(expected)
 
 
 def test_bootstrap_means_coverage_sanity() -> None:
