@@ -186,17 +186,18 @@ class GateCell:
             assert 0.0 <= d.measured <= 1.0, f"{self.param}: Recall@k {d.measured} outside [0, 1]"
             return
         if d.baseline is None:
-            _skip_or_fail(f"no baseline row {self.run.result.baseline_row or self.param.model!r} for dataset "
-                          f"{self.session.dataset_name()!r} in {self.session.options.baselines_dir}/*.csv; record "
-                          "one with --update-baselines", o.require_all)
+            row = self.session.baseline_row(self.param.model, self.run.result)
+            _skip_or_fail(f"no baseline row {row!r} for dataset {self.session.dataset_name()!r} in "
+                          f"{o.baselines_dir}/*.csv; record one with --update-baselines", o.require_all)
+        where = f"{self.param.model} at {100 * d.ratio:g}% occlusion regressed"
+        verdict = f"Holm-adjusted p = {d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})"
         paired = d.extras.get("paired")
-        assert d.passed or not paired, (
-            f"{self.param.model} at {100 * d.ratio:g}% occlusion regressed against the reference run "
-            f"{self.run.baseline_source}: {self._numbers()}; {paired and paired['b']:g} queries lost the hit, "
-            f"{paired and paired['c']:g} gained it; Holm-adjusted p = {d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})")
-        assert d.passed, (f"{self.param.model} at {100 * d.ratio:g}% occlusion regressed: {self._numbers()}; "
-                          f"difference {100 * (d.measured - d.baseline):+.2f} pp, Holm-adjusted p = "
-                          f"{d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})")
+        if paired:
+            assert d.passed, (f"{where} against the reference run {self.run.baseline_source}: {self._numbers()}; "
+                              f"{paired['b']:g} queries lost the hit, {paired['c']:g} gained it; {verdict}")
+        else:
+            assert d.passed, (f"{where}: {self._numbers()}; difference {100 * (d.measured - d.baseline):+.2f} pp, "
+                              f"{verdict}")
 
     def check_chance(self) -> None:
         """Fail when a clearly-above-chance cell is not clearly above chance, or any cell is clearly below."""

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, not inside the helpers: pytester restores sys.modules after each test, and re-importing
+# torch's C extension in the same process crashes the interpreter.
+import torch
+from safetensors.torch import load_file, save_file
+
 pytest_plugins = ["pytester"]
 
 GATE_TESTS = '''
@@ -115,9 +120,6 @@ def test_collect_only_lists_the_full_paper_grid(pytester: pytest.Pytester) -> No
 
 def _write_degraded_weights(path: Path, noise: float) -> None:
     """The shipped demo weights with Gaussian noise on the image tower (a deliberately broken update)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     from cxr_robust.models.demo import WEIGHTS_FILE
 
     state = load_file(str(WEIGHTS_FILE))
