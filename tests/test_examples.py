@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch  # before any pytester test: pytester restores sys.modules, and torch cannot be imported twice
 
 from cxr_robust.baselines import BaselineTable, ratio_key
 from cxr_robust.cli import EXIT_OK, main
@@ -70,7 +71,6 @@ def test_example_through_the_cli(tmp_path: Path, shared_cache: Path, capsys: pyt
 
 
 def test_example_registers_by_name_and_implements_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
     from PIL import Image
 
     from examples.custom_model.model import spec
