@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from cxr_robust.models.bert import (
     find_bert_vocab,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-import model_fixtures as mf  # noqa: E402
+from tests import model_fixtures as mf
 
 TEXT = "The HEART size is normal. No pneumothorax, lungs clear; Éffusion stable."
 

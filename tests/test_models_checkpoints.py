@@ -30,8 +30,7 @@ from cxr_robust.models.checkpoints import (
     weights_sha256,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-import model_fixtures as mf  # noqa: E402
+from tests import model_fixtures as mf
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*entries, not Bio_ClinicalBERT:UserWarning")
 

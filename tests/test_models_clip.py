@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from cxr_robust.models.checkpoints import CheckpointError, sha256_file
 from cxr_robust.models.clip_family import build_vit_b32_quickgelu, chexzero_letterbox
 from cxr_robust.models.openclip import OPENAI_MEAN, OPENAI_STD
 
-sys.path.insert(0, str(Path(__file__).parent))
-import model_fixtures as mf  # noqa: E402
+from tests import model_fixtures as mf
 
 TEXTS = ["No acute cardiopulmonary process.", "Heart size is normal. Small left pleural effusion.", ""]
 

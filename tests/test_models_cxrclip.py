@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ from cxr_robust.models.cxrclip import (
     cxrclip_resize_crop,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-import model_fixtures as mf  # noqa: E402
+from tests import model_fixtures as mf
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*entries, not Bio_ClinicalBERT:UserWarning")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from cxr_robust.models import load_model
 from cxr_robust.models.checkpoints import sha256_file
 from cxr_robust.models.medclip import MEDCLIP_MEAN, MEDCLIP_STD, MedClipModel, medclip_pad_resize
 
-sys.path.insert(0, str(Path(__file__).parent))
-import model_fixtures as mf  # noqa: E402
+from tests import model_fixtures as mf
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*entries, not Bio_ClinicalBERT:UserWarning")
 
