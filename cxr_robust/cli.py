@@ -69,6 +69,8 @@ _GATE_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
     (("--weights-dir",), "weights_dir", {"metavar": "DIR"}, "folder of published weights [env CXR_ROBUST_WEIGHTS_DIR]"),
     (("--bert-vocab",), "bert_vocab", {"metavar": "PATH"}, "Bio_ClinicalBERT vocab.txt or its folder"),
     (("--device", "--cxr-device"), "device", {"metavar": "DEV"}, "cpu, cuda, cuda:1 ... (default: cuda when present)"),
+    (("--precision", "--cxr-precision"), "precision", {"choices": ("fp32", "fp16", "bf16")},
+     "encoder precision: fp32 (default) or fp16/bf16 autocast (check rank agreement first)"),
     (("--ratios", "--cxr-ratios"), "ratios", {"metavar": "P,P"},
      "occluded area in percent (default 0,0.25,1,4,9,25,49,81)"),
     (("--ks", "--cxr-ks"), "ks", {"metavar": "K,K"}, "retrieval depths (default 5,10,20,30,50,100)"),

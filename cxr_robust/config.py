@@ -62,7 +62,7 @@ ENV_VARS: dict[str, str] = {
 }
 """GateOptions field -> environment variable (the same names the pytest plugin documents)."""
 
-_STR = {"dataset", "mimic_split", "views", "device", "text_policy", "on_bad_image"}
+_STR = {"dataset", "mimic_split", "views", "device", "precision", "text_policy", "on_bad_image"}
 _PATH = {"mimic_root", "mimic_reports", "manifest", "weights_dir", "bert_vocab", "cache_dir", "report_dir",
          "baselines_dir", "compare_to"}
 _INT = {"phantom_studies", "seed", "batch_size", "data_seed"}

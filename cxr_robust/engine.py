@@ -26,6 +26,7 @@ from cxr_robust.data.retrieval_set import RetrievalSet
 from cxr_robust.data.text_policy import TextPolicy
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
 from cxr_robust.occlusion import check_ratio, occlude_batch, sample_boxes
+from cxr_robust.precision import autocast, check_precision
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +53,8 @@ class SweepConfig:
     fill: int = 0
     batch_size: int = 64  # on 2 CPU cores 64 beat 16-1,024 by 3-30 % (cache-friendly); raise it on a GPU
     device: str | None = None
+    precision: str = "fp32"
+    """``fp32`` (default), or ``fp16`` / ``bf16`` autocast around the encoders (see :mod:`cxr_robust.precision`)."""
     text_policy: TextPolicy | None = None
     tie_policy: str = "expected"
     decode_workers: int = 0
@@ -63,6 +66,7 @@ class SweepConfig:
     of every ratio, counted by reason in ``SweepResult.meta["skipped_images"]`` (its report stays a candidate)."""
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, not {self.on_bad_image!r}")
         for r in self.ratios:
@@ -194,13 +198,13 @@ def decode_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0,
 
 
 def encode_texts(model: "RetrievalModel", texts: list[str], study_ids: list[str], batch_size: int,
-                 progress: bool | None = None) -> np.ndarray:
+                 progress: bool | None = None, device: str = "cpu", precision: str = "fp32") -> np.ndarray:
     """Embed report texts in batches (float32, L2-normalised), checking they are finite."""
     import torch
 
     out = []
     starts = range(0, len(texts), batch_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for s in _progress(starts, len(starts), f"{model.name}: texts", progress):
             emb = model.encode_texts(texts[s:s + batch_size]).float().cpu()
             check_finite(emb, study_ids[s:s + batch_size], model.name, "report")
@@ -217,7 +221,7 @@ def encode_occluded(model: "RetrievalModel", pixels: "torch.Tensor", image_ids: 
     boxes = torch.from_numpy(sample_boxes(image_ids, ratio, config.seed, h, w))
     out = []
     starts = range(0, pixels.shape[0], config.batch_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, config.precision):
         for s in _progress(starts, len(starts), f"{model.name}: occ {ratio:.2%}", config.progress):
             batch = pixels[s:s + config.batch_size].to(device, non_blocking=True)
             if ratio > 0:  # ratio 0 is the identity: skip a full pass over the pixels
@@ -274,11 +278,12 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     # Library versions that can change an embedding are part of every key: an upgrade re-encodes once.
     lib = {k: versions.get(k) for k in ("cxr_robust", "torch", "open_clip_torch", "transformers")}
     text_key = {"model": fp, "text_policy": policy.value, "texts": data.text_fingerprint(policy),
-                "versions": lib, "device_kind": device.split(":")[0]}
+                "versions": lib, "device_kind": device.split(":")[0], "precision": config.precision}
 
     def compute_texts() -> np.ndarray:
         encoded["texts"] += len(texts)
-        return encode_texts(model, texts, data.study_ids, config.batch_size, config.progress)
+        return encode_texts(model, texts, data.study_ids, config.batch_size, config.progress, device,
+                            config.precision)
 
     text_emb, _ = cache.get_or_compute("text", text_key, compute_texts)
     timings["texts_s"] = time.perf_counter() - t0
@@ -342,7 +347,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), "ratio": ratio,
                          "seed": config.seed, "fill": config.fill, "draft": config.draft_decode,
                          "decode_size": model.decode_size, "versions": {**lib, "pillow": versions.get("pillow")},
-                         "device_kind": device.split(":")[0]}
+                         "device_kind": device.split(":")[0], "precision": config.precision}
             if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
                 image_key["skipped"] = hashlib.sha256("\0".join(skipped_ids).encode()).hexdigest()
             image_emb, _ = cache.get_or_compute("image", image_key, compute_images)
@@ -357,7 +362,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     meta = {
         "model": model.name, "model_fingerprint": fp, "dataset": data.name, "dataset_counts": data.counts(),
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
-        "credentialed": data.credentialed, "device": device, "seed": config.seed, "fill": config.fill,
+        "credentialed": data.credentialed, "device": device, "precision": config.precision, "seed": config.seed, "fill": config.fill,
         "batch_size": config.batch_size, "draft_decode": config.draft_decode, "text_policy": policy.value,
         "tie_policy": config.tie_policy, "on_bad_image": config.on_bad_image,
         "skipped_images": skipped, "skipped_image_ids": skipped_ids,

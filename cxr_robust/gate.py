@@ -16,6 +16,7 @@ from cxr_robust import PAPER_KS, PAPER_RATIOS
 from cxr_robust.baselines import BaselineCell, BaselineTable, write_table
 from cxr_robust.engine import ON_BAD_IMAGE
 from cxr_robust.models import DEMO_MODEL, PAPER_MODELS, get_spec
+from cxr_robust.precision import check_precision
 from cxr_robust.results import ModelOutcome, build_document, git_revision, save_ranks, write_results
 from cxr_robust.stats import CellDecision, CellInput, GateRule, decide
 
@@ -48,6 +49,7 @@ class GateOptions:
     weights_dir: str | None = None
     bert_vocab: str | None = None
     device: str | None = None
+    precision: str = "fp32"
     ratios: tuple[float, ...] = PAPER_RATIOS
     ks: tuple[int, ...] = PAPER_KS
     seed: int = 0
@@ -69,6 +71,7 @@ class GateOptions:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.on_bad_image not in ON_BAD_IMAGE:  # checked here too, so a typo fails before any loading
             raise ValueError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, not {self.on_bad_image!r}")
+        check_precision(self.precision)
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
@@ -212,7 +215,7 @@ class GateSession:
             net = load_model(model, weights=o.weights.get(model), weights_dir=o.weights_dir,
                              **({"bert_vocab": o.bert_vocab} if get_spec(model).needs_bert_vocab else {}))
             config = SweepConfig(ratios=tuple(o.ratios), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
-                                 device=o.device, text_policy=o.text_policy, on_bad_image=o.on_bad_image)
+                                 device=o.device, precision=o.precision, text_policy=o.text_policy, on_bad_image=o.on_bad_image)
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
                      data.num_images, data.num_studies)
             run.result = run_sweep(net, data, config, EmbeddingCache(o.cache_dir))

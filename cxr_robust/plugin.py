@@ -41,6 +41,9 @@ _OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "weights_dir": ("cxr_robust_weights_dir", "CXR_ROBUST_WEIGHTS_DIR", "directory holding published weights files"),
     "bert_vocab": ("cxr_robust_bert_vocab", "CXR_ROBUST_BERT_VOCAB", "directory with Bio_ClinicalBERT's vocab.txt"),
     "cxr_device": ("cxr_robust_device", "CXR_ROBUST_DEVICE", "cpu, cuda, cuda:1 ... (default: cuda when present)"),
+    "cxr_precision": ("cxr_robust_precision", None,
+                      "fp32 (default), fp16 or bf16 autocast around the encoders; check rank agreement first "
+                      "(benchmarks/precision_agreement.py)"),
     "cxr_ratios": ("cxr_robust_ratios", None, "comma-separated occlusion ratios in percent (default: the paper's)"),
     "cxr_ks": ("cxr_robust_ks", None, "comma-separated k (default: 5,10,20,30,50,100)"),
     "cxr_seed": ("cxr_robust_seed", None, "occlusion seed (default 0)"),
@@ -94,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
 _FIELDS = {"cxr_models": "models", "cxr_dataset": "dataset", "phantom_studies": "phantom_studies",
            "mimic_root": "mimic_root", "mimic_reports": "mimic_reports", "mimic_split": "mimic_split",
            "cxr_views": "views", "cxr_manifest": "manifest", "weights_dir": "weights_dir", "bert_vocab": "bert_vocab",
-           "cxr_device": "device", "cxr_ratios": "ratios", "cxr_ks": "ks", "cxr_seed": "seed",
+           "cxr_device": "device", "cxr_precision": "precision", "cxr_ratios": "ratios", "cxr_ks": "ks", "cxr_seed": "seed",
            "cxr_batch_size": "batch_size", "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir",
            "cxr_baselines": "baselines", "cxr_alpha": "alpha", "on_bad_image": "on_bad_image",
            "cxr_text_policy": "text_policy", "cxr_compare_to": "compare_to"}

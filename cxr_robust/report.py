@@ -548,7 +548,7 @@ def _weights_hashes(fingerprint: dict) -> dict:
 def _model_metadata(model: dict, credentialed: bool) -> str:
     meta = _dict(model.get("meta"))
     fingerprint = _dict(meta.get("model_fingerprint"))
-    facts = {"seed": meta.get("seed"), "device": meta.get("device"),
+    facts = {"seed": meta.get("seed"), "device": meta.get("device"), "precision": meta.get("precision"),
              "text policy": model.get("text_policy") or meta.get("text_policy"),
              "tie policy": meta.get("tie_policy"), "batch size": meta.get("batch_size"),
              "report texts encoded this run": meta.get("text_encodings"),
