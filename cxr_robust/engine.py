@@ -362,7 +362,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     meta = {
         "model": model.name, "model_fingerprint": fp, "dataset": data.name, "dataset_counts": data.counts(),
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
-        "credentialed": data.credentialed, "device": device, "precision": config.precision, "seed": config.seed, "fill": config.fill,
+        "credentialed": data.credentialed, "device": device, "precision": config.precision, "seed": config.seed,
+        "fill": config.fill,
         "batch_size": config.batch_size, "draft_decode": config.draft_decode, "text_policy": policy.value,
         "tie_policy": config.tie_policy, "on_bad_image": config.on_bad_image,
         "skipped_images": skipped, "skipped_image_ids": skipped_ids,

@@ -215,7 +215,8 @@ class GateSession:
             net = load_model(model, weights=o.weights.get(model), weights_dir=o.weights_dir,
                              **({"bert_vocab": o.bert_vocab} if get_spec(model).needs_bert_vocab else {}))
             config = SweepConfig(ratios=tuple(o.ratios), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
-                                 device=o.device, precision=o.precision, text_policy=o.text_policy, on_bad_image=o.on_bad_image)
+                                 device=o.device, precision=o.precision, text_policy=o.text_policy,
+                                 on_bad_image=o.on_bad_image)
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
                      data.num_images, data.num_studies)
             run.result = run_sweep(net, data, config, EmbeddingCache(o.cache_dir))

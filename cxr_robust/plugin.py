@@ -97,7 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
 _FIELDS = {"cxr_models": "models", "cxr_dataset": "dataset", "phantom_studies": "phantom_studies",
            "mimic_root": "mimic_root", "mimic_reports": "mimic_reports", "mimic_split": "mimic_split",
            "cxr_views": "views", "cxr_manifest": "manifest", "weights_dir": "weights_dir", "bert_vocab": "bert_vocab",
-           "cxr_device": "device", "cxr_precision": "precision", "cxr_ratios": "ratios", "cxr_ks": "ks", "cxr_seed": "seed",
+           "cxr_device": "device", "cxr_precision": "precision", "cxr_ratios": "ratios", "cxr_ks": "ks",
+           "cxr_seed": "seed",
            "cxr_batch_size": "batch_size", "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir",
            "cxr_baselines": "baselines", "cxr_alpha": "alpha", "on_bad_image": "on_bad_image",
            "cxr_text_policy": "text_policy", "cxr_compare_to": "compare_to"}

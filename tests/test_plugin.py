@@ -109,6 +109,12 @@ def test_unknown_model_is_a_usage_error(gate_dir: GateProject) -> None:
     res.stderr.fnmatch_lines(["*unknown model 'phantom-clp'*did you mean 'phantom-clip'*"])
 
 
+def test_unknown_precision_is_a_usage_error(gate_dir: GateProject) -> None:
+    res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-precision", "fp8")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*precision must be one of fp32, fp16, bf16, not 'fp8'*"])
+
+
 def test_collect_only_lists_the_full_paper_grid(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_gate=GATE_TESTS)
     res = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
