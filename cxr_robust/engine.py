@@ -22,7 +22,7 @@ import numpy as np
 from cxr_robust import PAPER_KS, PAPER_RATIOS, __version__
 from cxr_robust.cache import EmbeddingCache
 from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_PIXELS, BadImageError
-from cxr_robust.data.retrieval_set import RetrievalSet
+from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.text_policy import TextPolicy
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
 from cxr_robust.occlusion import check_ratio, occlude_batch, sample_boxes
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteEmbeddingError(FloatingPointError):
     """A model produced NaN or Inf embeddings."""
-
-
-ON_BAD_IMAGE = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -67,8 +64,7 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if self.on_bad_image not in ON_BAD_IMAGE:
-            raise ValueError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, not {self.on_bad_image!r}")
+        check_on_bad("on_bad_image", self.on_bad_image)
         for r in self.ratios:
             check_ratio(r)
         if not self.ks or min(self.ks) < 1:

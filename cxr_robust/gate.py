@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS
 from cxr_robust.baselines import BaselineCell, BaselineTable, write_table
-from cxr_robust.engine import ON_BAD_IMAGE
+from cxr_robust.data.retrieval_set import check_on_bad
 from cxr_robust.models import DEMO_MODEL, PAPER_MODELS, get_spec
 from cxr_robust.precision import check_precision
 from cxr_robust.results import ModelOutcome, build_document, git_revision, save_ranks, write_results
@@ -69,8 +69,7 @@ class GateOptions:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.on_bad_image not in ON_BAD_IMAGE:  # checked here too, so a typo fails before any loading
-            raise ValueError(f"on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, not {self.on_bad_image!r}")
+        check_on_bad("on_bad_image", self.on_bad_image)  # here too, so a typo fails before any loading
         check_precision(self.precision)
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")

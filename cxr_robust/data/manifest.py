@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_robust.data.retrieval_set import RetrievalSet
+from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 
 __all__ = ["ManifestError", "read_manifest_table", "load_manifest"]
 
@@ -104,9 +104,8 @@ def load_manifest(path: str | Path, *, name: str | None = None, credentialed: bo
 
     ``on_empty_report``/``on_bad_image``: ``error`` (default) or ``skip`` (drop, and count in ``meta``).
     """
-    for opt, val in (("on_empty_report", on_empty_report), ("on_bad_image", on_bad_image)):
-        if val not in ("error", "skip"):
-            raise ValueError(f"{opt} must be 'error' or 'skip', not {val!r}")
+    check_on_bad("on_empty_report", on_empty_report)
+    check_on_bad("on_bad_image", on_bad_image)
     path = Path(path)
     df = read_manifest_table(path)
     findings, impression, mode = _text_columns(df, path)

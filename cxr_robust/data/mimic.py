@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_robust.data.retrieval_set import RetrievalSet
+from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.sections import SectionedReport, extract_report
 
 __all__ = ["MimicLayoutError", "ReportSource", "ReportsRead", "PAPER_REFERENCE", "VIEW_MAP", "VIEW_FILTERS",
@@ -240,8 +240,7 @@ def _unreadable(where: str, sid: str, exc: Exception, out: ReportsRead, on_bad_r
 
 def read_reports(source: ReportSource, studies: pd.DataFrame, on_bad_report: str = "error") -> ReportsRead:
     """Read and section the reports of ``studies`` (columns ``subject_id`` digits, ``study_id`` ``s…``)."""
-    if on_bad_report not in ("error", "skip"):
-        raise ValueError(f"on_bad_report must be 'error' or 'skip', not {on_bad_report!r}")
+    check_on_bad("on_bad_report", on_bad_report)
     out = ReportsRead()
     pairs = list(zip(studies["subject_id"], studies["study_id"]))
     if source.kind == "sectioned_csv":
@@ -340,8 +339,7 @@ def load_mimic(root: str | Path, reports: str | Path | None = None, split: str =
     view_key = str(views).strip().lower()
     if view_key not in VIEW_FILTERS:
         raise ValueError(f"unknown views={views!r}; choose one of all, frontal, lateral, PA, AP")
-    if on_bad_image not in ("error", "skip"):
-        raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
+    check_on_bad("on_bad_image", on_bad_image)
     required = (require_sections,) if isinstance(require_sections, str) else tuple(require_sections)
     _check_root(root)
     table, info = load_image_table(root, split)

@@ -15,6 +15,16 @@ from cxr_robust.data.text_policy import TextPolicy, report_text
 if TYPE_CHECKING:
     from PIL import Image
 
+ON_BAD = ("error", "skip")
+"""What to do with an unusable item (image, report): stop naming it, or leave it out and count it."""
+
+
+def check_on_bad(option: str, value: str) -> str:
+    """``value`` if it is one of :data:`ON_BAD`, else a ValueError naming ``option`` and the choices."""
+    if value not in ON_BAD:
+        raise ValueError(f"{option} must be one of {', '.join(ON_BAD)}, not {value!r}")
+    return value
+
 
 @dataclass
 class RetrievalSet:
