@@ -57,9 +57,11 @@ class CacheStats:
 class EmbeddingCache:
     """A directory of cached arrays keyed by dictionaries describing everything that produced them."""
 
-    def __init__(self, root: str | Path | None = None, lock_timeout: float = 3600.0) -> None:
+    def __init__(self, root: str | Path | None = None, lock_timeout: float = 3600.0, refresh: bool = False) -> None:
         self.root = Path(root).expanduser() if root else default_cache_dir()
         self.lock_timeout = lock_timeout
+        self.refresh = refresh
+        """Recompute every entry this run asks for and overwrite it (``--cxr-refresh-cache``)."""
         self.stats = CacheStats()
 
     def path_for(self, kind: str, key: dict[str, Any]) -> Path:
@@ -77,7 +79,7 @@ class EmbeddingCache:
         path = self.path_for(kind, key)
         self._ensure_dir(path.parent)
         full_key = {"kind": kind, **key}
-        cached, _ = self._read(path, full_key)
+        cached, _ = (None, "refresh") if self.refresh else self._read(path, full_key)
         if cached is not None:
             self.stats.count(kind, "hits")
             return cached, True
@@ -93,7 +95,7 @@ class EmbeddingCache:
         try:
             # Another worker may have written the entry meanwhile. An entry found corrupt only now, under the
             # lock, is rebuilt (a corrupt read outside the lock may be a race, so it is not acted on there).
-            cached, status = self._read(path, full_key)
+            cached, status = (None, "refresh") if self.refresh else self._read(path, full_key)
             if cached is not None:
                 self.stats.count(kind, "hits")
                 return cached, True

@@ -4,23 +4,17 @@ Each subcommand is one small function over the library (:class:`~cxr_robust.gate
 :mod:`cxr_robust.results`, :mod:`cxr_robust.report`); options come from the same layers as the pytest plugin
 (:mod:`cxr_robust.config`): command line > ``pyproject.toml [tool.cxr_robust]`` > ``CXR_ROBUST_*`` > defaults.
 
-Exit codes (``run``; the other subcommands use 0, 1 and 2 as documented in their ``--help``):
-
-==  ===========================================================================
-0   every measured cell passed
-1   a cell failed (regressed below its baseline, or the chance check failed)
-2   usage or configuration error (bad option, unknown model, data that cannot be loaded)
-3   with ``--require-all``: a model could not run here (weights or data absent)
-4   a sweep raised an error
-==  ===========================================================================
-
-When several apply, the largest code is returned.
+Exit codes are defined once in :mod:`cxr_robust.exit_codes` (0 OK, 1 a cell failed, 2 usage error, 3 a model
+could not run, 4 a sweep errored; the largest applies). Every user mistake (a bad option value, a path that
+does not exist or cannot be written, runs that cannot be compared) is one line on stderr naming the option or
+file and what to do, exit 2, checked before any model work where possible.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import importlib.util
 import json
 import logging
@@ -31,11 +25,14 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Sequence
 
 from cxr_robust import __version__
+from cxr_robust.atomic import OutputError, atomic_open, check_writable_dir, check_writable_file
+from cxr_robust.exit_codes import EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, SUMMARY, help_text
 
 if TYPE_CHECKING:
     from cxr_robust.gate import GateOptions
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
+__all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser",
+           "compare_documents", "compare_paired", "find_ranks", "main", "weights_status"]
 
 
 class UsageProblem(Exception):
@@ -56,7 +53,8 @@ _GATE_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
     (("--models", "--cxr-models"), "models", {"metavar": "A,B"},
      "comma-separated models: registered names or 'package.module:factory'"),
     (("--dataset", "--cxr-dataset"), "dataset", {"choices": ("phantom", "mimic", "manifest")},
-     "evaluation set (default phantom)"),
+     "evaluation set: phantom (default), mimic (needs --mimic-root) or manifest (needs --manifest); "
+     "inferred from --mimic-root / --manifest when only one of them is given"),
     (("--phantom-studies",), "phantom_studies", {"metavar": "N"},
      "studies in the phantom eval set (default 994; small values for smoke runs)"),
     (("--mimic-root",), "mimic_root", {"metavar": "DIR"}, "MIMIC-CXR-JPG root [env CXR_ROBUST_MIMIC_ROOT]"),
@@ -87,9 +85,21 @@ _GATE_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
      "baselines directory, relative to --project (default baselines)"),
     (("--alpha", "--cxr-alpha"), "alpha", {"metavar": "A"}, "family-wise error rate per model (default 0.05)"),
     (("--text-policy", "--cxr-text-policy"), "text_policy",
-     {"choices": ("findings+impression", "impression", "longest")},
-     "override every model's report text"),
+     {"choices": ("findings+impression", "impression", "longest"), "metavar": "POLICY"},
+     "override every model's report text: findings+impression (spelled with a plus), impression or longest"),
+    (("--on-bad-image", "--cxr-on-bad-image"), "on_bad_image", {"choices": ("error", "skip")},
+     "error (default): an unreadable image stops the run; skip: leave it out, counted in the results"),
+    (("--compare-to", "--cxr-compare-to"), "compare_to", {"metavar": "PATH"},
+     "reference per-query ranks for the paired test: a ranks .npz, a baselines directory or a results "
+     "directory (default: the baselines directory's ranks/, where recorded)"),
 ]
+
+
+def _flag_labels() -> dict[str, str]:
+    """GateOptions field -> its command-line flag, so configuration errors name the option as typed."""
+    labels = {field_name: flags[0] for flags, field_name, _, _ in _GATE_FLAGS}
+    labels["weights"] = "--weights"
+    return labels
 
 
 def _add_project_args(p: argparse.ArgumentParser) -> None:
@@ -114,7 +124,8 @@ def _gate_options(args: argparse.Namespace, extra: dict[str, Any] | None = None)
     cli = {k[len("opt_"):]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     cli.update(extra or {})
     try:
-        return build_gate_options(cli=cli, start=args.project, use_pyproject=not args.no_pyproject)
+        return build_gate_options(cli=cli, start=args.project, use_pyproject=not args.no_pyproject,
+                                  cli_labels=_flag_labels())
     except ConfigError as exc:
         raise UsageProblem(str(exc)) from None
 
@@ -129,51 +140,169 @@ def _check_models(models: Sequence[str], project: str) -> None:
         for folder in (str(Path(project).resolve()), str(Path.cwd())):
             if folder not in sys.path:
                 sys.path.insert(0, folder)
+    from cxr_robust.models.registry import resolve
+
     for model in models:
         try:
-            get_spec(model)
+            spec = get_spec(model)
+            if ":" in model and spec.factory == model:  # ad hoc: a typo in the target is a usage error too
+                resolve(spec.factory)
         except KeyError as exc:
             raise UsageProblem(str(exc)) from None
+        except (ImportError, ValueError) as exc:
+            raise UsageProblem(f"--models {model}: {exc}; check the module path (importable from --project) "
+                               "and the factory's name") from None
+
+
+def _check_weights_flags(args: argparse.Namespace, models: Sequence[str]) -> None:
+    """A ``--weights NAME=PATH`` for a model that is not registered is a typo, not something to ignore."""
+    from cxr_robust.models import available
+
+    known = set(available()) | set(models)
+    for item in args.opt_weights or ():
+        name = item.partition("=")[0].strip()
+        if name and name not in known and ":" not in name:
+            close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UsageProblem(f"--weights {item}: no model named {name!r}{hint} (see `cxr-robust models`)")
+
+
+def _check_model_paths(options: "GateOptions") -> None:
+    """Weights, weights directory or vocabulary paths that were given but do not exist: stop, naming them."""
+    from cxr_robust.models import get_spec
+
+    problems = []
+    for model in options.models:
+        spec = get_spec(model)
+        problem = spec.configuration_error(options.weights.get(model), options.weights_dir,
+                                           options.bert_vocab if spec.needs_bert_vocab else None)
+        if problem and problem not in problems:  # a bad --weights-dir is named once, not per model
+            problems.append(problem)
+    if problems:
+        raise UsageProblem("; ".join(problems))
 
 
 # ----- run ------------------------------------------------------------------------------------------------------
 def _failing(run: Any, options: "GateOptions") -> list[Any]:
-    """The cells of a measured model that fail the gate, as the pytest cases would."""
-    bad = []
-    for d in run.decisions.values():
-        if not d.chance_passed:
-            bad.append(d)
-        elif options.update_baselines:
-            continue  # recording: the baseline comparison is not asserted
-        elif d.passed is False or (d.baseline is None and options.require_all):
-            bad.append(d)
-    return bad
+    """The cells (and the grid test) of a measured model that fail the gate, decided by :mod:`verdicts` exactly
+    as the pytest cases and the report decide them."""
+    from cxr_robust import verdicts
+
+    config = options.effective()
+    tests = list(run.decisions.values()) + ([run.grid] if run.grid is not None and run.grid.n_cells else [])
+    return [d for d in tests if verdicts.cell_state(d.as_dict(), config) in verdicts.FAILING_STATES]
 
 
 def _describe_cell(d: Any) -> str:
-    """One line with the numbers and every rule the cell broke."""
+    """One line with the numbers and every rule the cell (or grid test) broke."""
     base = "no baseline" if d.baseline is None else f"baseline {100 * d.baseline:.2f}%"
     why = []
     if d.passed is False:
-        why.append(f"regressed, Holm-adjusted p = {d.p_adjusted:.2g}")
+        why.append(f"regressed, adjusted p = {d.p_adjusted:.2g}")
     elif d.baseline is None:
-        why.append("no baseline (--require-all)")
+        why.append("no baseline: record one with --update-baselines, or pass --allow-missing-baseline")
     if not d.chance_passed:
-        why.append("not clearly above chance (its baseline is)" if d.chance_mode == "above"
-                   else "clearly BELOW chance: scoring or the report index is broken")
-    return (f"occ{100 * d.ratio:g}% k{d.k}: measured {100 * d.measured:.2f}%, {base}, chance "
-            f"{100 * d.chance:.2f}%: {'; '.join(why)}")
+        why.append("clearly BELOW chance: scoring or the report index is broken")
+    where = "grid (all cells pooled)" if not hasattr(d, "ratio") else f"occ{100 * d.ratio:g}% k{d.k}"
+    return (f"{where}: measured {100 * d.measured:.2f}%, {base}, chance {100 * d.chance:.2f}%: {'; '.join(why)}")
+
+
+_SOURCES = {"mimic": ("mimic_root", "mimic_reports"), "manifest": ("manifest",)}
+"""Dataset -> the GateOptions fields that only it reads (a given one implies that dataset)."""
+
+
+def _dataset_from_flags(args: argparse.Namespace) -> str | None:
+    """The dataset named or implied on the command line, or None (then the configured one applies).
+
+    ``--mimic-root`` / ``--mimic-reports`` imply ``--dataset mimic`` and ``--manifest`` implies
+    ``--dataset manifest``; flags of both, or of another dataset than ``--dataset`` names, are refused
+    rather than silently ignored.
+    """
+    labels = _flag_labels()
+    given = {kind: [labels[f] for f in fields if getattr(args, f"opt_{f}", None)]
+             for kind, fields in _SOURCES.items()}
+    implied = [kind for kind, flags in given.items() if flags]
+    chosen = args.opt_dataset
+    if chosen is None and len(implied) > 1:
+        flags = " and ".join(", ".join(given[kind]) for kind in implied)
+        raise UsageProblem(f"{flags} name two datasets; pass --dataset mimic or --dataset manifest (and drop the "
+                           "other's options)")
+    if chosen is None:
+        return implied[0] if implied else None
+    stray = [flag for kind in implied if kind != chosen for flag in given[kind]]
+    if stray:
+        raise UsageProblem(f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} not used with --dataset "
+                           f"{chosen}; drop {'it' if len(stray) == 1 else 'them'}, or pass --dataset "
+                           f"{next(k for k in implied if k != chosen)}")
+    return chosen
+
+
+def _check_dataset_source(options: "GateOptions") -> None:
+    """A mimic or manifest dataset without its path: a usage error, not a run that measures nothing."""
+    if options.dataset == "mimic" and not options.mimic_root:
+        raise UsageProblem("the mimic dataset needs --mimic-root DIR (or mimic_root in [tool.cxr_robust], or "
+                           "$CXR_ROBUST_MIMIC_ROOT)")
+    if options.dataset == "manifest" and not options.manifest:
+        raise UsageProblem("the manifest dataset needs --manifest CSV (or manifest in [tool.cxr_robust], or "
+                           "$CXR_ROBUST_MANIFEST)")
+
+
+def _check_inputs(options: "GateOptions") -> None:
+    """Input files that were named but do not exist (checked before any model work)."""
+    for path in options.baselines:
+        if not Path(path).is_file():
+            raise UsageProblem(f"--baselines {path}: no such file; pass existing baseline CSVs, or drop --baselines "
+                               f"to use every CSV in {options.baselines_dir}/")
+    if options.compare_to and not Path(options.compare_to).exists():
+        raise UsageProblem(f"--compare-to {options.compare_to}: no such file or directory; pass a ranks .npz, a "
+                           "baselines directory or a results directory holding ranks/")
+
+
+def _check_outputs(options: "GateOptions", project: str) -> None:
+    """Where the run will write must be writable before anything is measured (OutputError otherwise)."""
+    check_writable_dir(options.report_dir, "--out")
+    if options.update_baselines:
+        check_writable_dir(Path(project) / options.baselines_dir, "--baselines-dir")
+
+
+def _record_baselines(session: Any) -> dict[str, Path]:
+    """``--update-baselines``: record the measured models; a refusal (a sweep errored) is said, not raised."""
+    from cxr_robust.gate import BaselineUpdateRefused
+
+    try:
+        written, lines = session.update_baselines()
+    except BaselineUpdateRefused as exc:  # the sweep error already set the exit code
+        _say(str(exc))
+        return {}
+    for line in lines:
+        _say(line)
+    return {f"baseline {i}": p for i, p in enumerate(written, 1)}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gate's sweeps outside pytest and write the results directory."""
-    from cxr_robust.gate import GateSession
+    from cxr_robust.gate import GateSession, GateUsageError
 
-    extra = {"require_all": True} if args.require_all else {}
+    extra: dict[str, Any] = {"require_all": True} if args.require_all else {}
     if args.update_baselines:
         extra["update_baselines"] = True
+    if args.allow_missing_baseline:
+        extra["allow_missing_baseline"] = True
+    if args.refresh_cache:
+        extra["refresh_cache"] = True
+    dataset = _dataset_from_flags(args)
+    if dataset is not None and args.opt_dataset is None:
+        extra["dataset"] = dataset
+        flags = [_flag_labels()[f] for f in _SOURCES[dataset] if getattr(args, f"opt_{f}")]
+        _say(f"dataset {dataset} (implied by {', '.join(flags)})")
     options = _gate_options(args, extra)
+    # Every check that needs no model work comes first: a mistake costs seconds, not a sweep.
     _check_models(options.models, args.project)
+    _check_weights_flags(args, options.models)
+    _check_model_paths(options)
+    _check_dataset_source(options)
+    _check_inputs(options)
+    _check_outputs(options, args.project)
     session = GateSession(options, rootdir=args.project)
     runnable = []
     for model in options.models:
@@ -186,6 +315,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if runnable:
         try:  # data that cannot be loaded is a configuration problem, reported once rather than per model
             data = session.dataset()
+        except GateUsageError as exc:  # the data loaded but the grid does not fit it (k > N)
+            raise UsageProblem(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - any loader error is shown to the user with its type
             raise UsageProblem(f"cannot load the {options.dataset} dataset: {type(exc).__name__}: {exc}") from None
         _say(f"dataset {data.name}: {data.num_studies} reports, {data.num_images} images")
@@ -199,25 +330,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         meta = run.result.meta
         failing = _failing(run, options)
         no_base = sum(1 for d in run.decisions.values() if d.baseline is None)
+        state = "NOT COMPARED" if no_base and options.allow_missing_baseline and not failing else ""
         _say(f"{model}: {len(run.decisions)} cells, {len(failing)} failing, {no_base} without baseline "
-             f"({run.baseline_source or 'no baseline table'}); sweep {meta['timings']['total_s']:.1f}s on "
-             f"{meta['device']}")
+             f"({run.mode}: {run.baseline_source or 'no baseline'}){' ' + state if state else ''}; sweep "
+             f"{meta['timings']['total_s']:.1f}s on {meta['device']}")
         for d in failing:
             _say(f"  FAIL {_describe_cell(d)}")
         if failing:
             codes.append(EXIT_FAILED)
     if session._runs or session.skipped:  # a run that only skipped still leaves a report saying why
         paths = session.write_outputs()
-        if options.update_baselines:
-            paths.update({f"baseline {i}": p for i, p in enumerate(session.update_baselines(), 1)})
+        if options.update_baselines and max(codes, default=EXIT_OK) != EXIT_OK:
+            _say("--update-baselines: nothing recorded, because the run did not finish cleanly (see above)")
+        elif options.update_baselines:
+            paths.update(_record_baselines(session))
         for kind, path in paths.items():
             _say(f"{kind}: {path}")
     if not session._runs:
         _say("no model was measured" + (" (see the reasons above)" if session.skipped else ""))
+        codes.append(EXIT_UNAVAILABLE)  # nothing was checked, so the gate cannot have passed
     code = max(codes, default=EXIT_OK)
-    _say(f"exit {code}: " + {EXIT_OK: "all measured cells passed", EXIT_FAILED: "cells failed",
-                             EXIT_UNAVAILABLE: "required models unavailable (--require-all)",
-                             EXIT_ERROR: "a sweep errored"}[code])
+    _say(f"exit {code}: {SUMMARY[code]}")
     return code
 
 
@@ -226,9 +359,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Render report.html from a results directory or results.json."""
     from cxr_robust.report import write_report
 
-    doc = _load(args.results)
     src = Path(args.results)
     out = Path(args.output) if args.output else (src if src.is_dir() else src.parent) / "report.html"
+    check_writable_file(out, "-o" if args.output else "report")
+    doc = _load(args.results)
     _say(f"html: {write_report(doc, out)}")
     return EXIT_OK
 
@@ -248,18 +382,19 @@ def _ratio_key(ratio: float) -> float:
 
 
 def find_ranks(results_dir: Path, model: str) -> Path | None:
-    """The ranks file a run wrote for ``model`` (``<dir>/ranks/*.npz`` whose metadata names it), if any."""
+    """The ranks file a run wrote for ``model`` (``<dir>/ranks/*.npz`` whose metadata names it), if any.
+
+    A damaged file there raises :class:`~cxr_robust.results.RanksFileError`: it may be the one asked for,
+    so falling back to an unpaired comparison without saying so would hide it.
+    """
     from cxr_robust.results import load_ranks
 
     folder = results_dir / "ranks"
     if not folder.is_dir():
         return None
     for path in sorted(folder.glob("*.npz")):
-        try:
-            if load_ranks(path)[2].get("model") == model:
-                return path
-        except (OSError, ValueError, KeyError):
-            continue
+        if load_ranks(path)[2].get("model") == model:
+            return path
     return None
 
 
@@ -332,16 +467,66 @@ def compare_documents(doc_a: dict, doc_b: dict, dir_a: Path | None = None, dir_b
     return rows
 
 
+def _data_size(doc: dict) -> tuple[Any, Any] | None:
+    """``(studies, images)`` of a results document's dataset, or None when it does not record them."""
+    counts = (doc.get("dataset") or {}).get("counts") or {}
+    return (counts["studies"], counts["images"]) if "studies" in counts and "images" in counts else None
+
+
+def _data_label(doc: dict) -> str:
+    """``name (S studies / I images)`` of a results document's dataset, as far as it is recorded."""
+    size = _data_size(doc)
+    name = (doc.get("dataset") or {}).get("name") or "an unnamed dataset"
+    return f"{name} ({size[0]} studies / {size[1]} images)" if size else name
+
+
+def check_comparable(doc_a: dict, doc_b: dict, a: str, b: str) -> None:
+    """Refuse (UsageProblem) two runs measured on different data: their differences would mean nothing.
+
+    Compares the dataset names and sizes where both documents record them, and the number of candidate
+    reports of every cell they share (which also sets the chance level).
+    """
+    name_a, name_b = ((d.get("dataset") or {}).get("name") for d in (doc_a, doc_b))
+    size_a, size_b = _data_size(doc_a), _data_size(doc_b)
+    ca, cb = _cells(doc_a), _cells(doc_b)
+    n_cand = [(ca[key].get("n_candidates"), cb[key].get("n_candidates")) for key in set(ca) & set(cb)]
+    if ((name_a and name_b and name_a != name_b) or (size_a and size_b and size_a != size_b)
+            or any(na is not None and nb is not None and int(na) != int(nb) for na, nb in n_cand)):
+        raise UsageProblem(f"cannot compare: A ({a}) was measured on {_data_label(doc_a)} and B ({b}) on "
+                           f"{_data_label(doc_b)}; compare runs of the same dataset and size (same --dataset, "
+                           "--phantom-studies, --mimic-split and --views)")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Per-cell differences between two results directories (B minus A)."""
+    from cxr_robust.results import RanksFileError
+
+    if not 0 < args.alpha < 1:  # also refuses NaN
+        raise UsageProblem(f"--alpha must be in (0, 1), e.g. 0.05; got {args.alpha:g}")
+    if args.csv:
+        check_writable_file(args.csv, "--csv")
     doc_a, doc_b = _load(args.a), _load(args.b)
+    check_comparable(doc_a, doc_b, args.a, args.b)
     dir_a = Path(args.a) if Path(args.a).is_dir() else Path(args.a).parent
     dir_b = Path(args.b) if Path(args.b).is_dir() else Path(args.b).parent
-    rows = compare_documents(doc_a, doc_b, dir_a, dir_b, alpha=args.alpha)
+    try:
+        rows = compare_documents(doc_a, doc_b, dir_a, dir_b, alpha=args.alpha)
+    except RanksFileError as exc:
+        raise UsageProblem(str(exc)) from None
     only_a = set(_cells(doc_a)) - set(_cells(doc_b))
     only_b = set(_cells(doc_b)) - set(_cells(doc_a))
     if not rows:
         raise UsageProblem(f"{args.a} and {args.b} have no measured cell in common (same model, occlusion, k)")
+    _print_comparison(args, rows, only_a, only_b)
+    if args.csv:
+        _write_comparison_csv(args.csv, rows)
+        _say(f"csv: {args.csv}")
+    worse = [r for r in rows if r["verdict"] == "worse"]
+    return EXIT_FAILED if worse and args.fail_on_regression else EXIT_OK
+
+
+def _print_comparison(args: argparse.Namespace, rows: list[dict[str, Any]], only_a: set, only_b: set) -> None:
+    """The comparison table and its summary lines on stdout."""
     _say(f"A = {args.a}\nB = {args.b}\n")
     header = (f"{'model':<24} {'occ %':>6} {'k':>4} {'A %':>8} {'B %':>8} {'B-A pp':>8}  {'test':<8} "
               f"{'detail':<26} verdict")
@@ -360,14 +545,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _say("unpaired: normal interval on the difference of two proportions, not adjusted for multiple cells; "
              "runs that left ranks/ (cxr-robust run) on the same images are compared paired when "
              "cxr_robust.paired is installed")
-    if args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=["model", "occlusion_pct", "k", "a_pct", "b_pct", "diff_pp", "test",
-                                               "p", "method", "ci_pp", "verdict"], lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-        _say(f"csv: {args.csv}")
-    return EXIT_FAILED if worse and args.fail_on_regression else EXIT_OK
+
+
+def _write_comparison_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    """The comparison rows as CSV, written atomically (OutputError naming ``--csv`` otherwise)."""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["model", "occlusion_pct", "k", "a_pct", "b_pct", "diff_pp", "test",
+                                           "p", "method", "ci_pp", "verdict"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
 
 
 # ----- models ---------------------------------------------------------------------------------------------------
@@ -379,8 +565,13 @@ def weights_status(name: str, options: "GateOptions") -> dict[str, Any]:
 
     spec = get_spec(name)
     explicit = options.weights.get(name)
-    missing = spec.missing(explicit, options.weights_dir, options.bert_vocab)
-    status: dict[str, Any] = {"available": missing is None, "path": None, "source": None, "reason": missing}
+    error = spec.configuration_error(explicit, options.weights_dir, options.bert_vocab if spec.needs_bert_vocab
+                                     else None)
+    missing = error or spec.missing(explicit, options.weights_dir, options.bert_vocab)
+    status: dict[str, Any] = {"available": missing is None, "path": None, "source": None, "reason": missing,
+                              "configuration_error": error}
+    if error:  # a given path that does not exist: nothing more to look up
+        return status
     path = spec.locate_weights(explicit, options.weights_dir)
     if path is not None:
         if explicit:
@@ -411,23 +602,33 @@ def cmd_models(args: argparse.Namespace) -> int:
     from cxr_robust.models import available, get_spec
 
     options = _gate_options(args)
+    _check_weights_flags(args, ())
     rows = []
     for name in available():
         spec = get_spec(name)
         rows.append({"name": name, "baseline_row": spec.baseline_row, "text_policy": spec.default_text_policy.value,
                      "description": spec.description, **weights_status(name, options)})
+    errors = list(dict.fromkeys(r["configuration_error"] for r in rows if r["configuration_error"]))
     if args.json:
         _say(json.dumps(rows, indent=1))
-        return EXIT_OK
+    else:
+        _print_models(rows)
+    if errors:  # listed above too; the exit code makes a wrong path in CI fail here, not at the gate
+        raise UsageProblem("; ".join(errors))
+    return EXIT_OK
+
+
+def _print_models(rows: list[dict[str, Any]]) -> None:
+    """The ``cxr-robust models`` table."""
     _say(f"{'model':<16} {'baseline row':<13} {'text policy':<20} weights")
     for r in rows:
-        where = f"found: {r['path']} ({r['source']})" if r["available"] else f"NOT FOUND: {r['reason']}"
+        where = (f"found: {r['path']} ({r['source']})" if r["available"] else
+                 f"WRONG PATH: {r['reason']}" if r["configuration_error"] else f"NOT FOUND: {r['reason']}")
         _say(f"{r['name']:<16} {r['baseline_row'] or '-':<13} {r['text_policy']:<20} {where}")
         if r.get("bert_vocab"):
             _say(f"{'':<51} vocab: {r['bert_vocab']}")
     _say("\nad-hoc models: pass 'package.module:factory' to --models; register one by name with the "
          "'cxr_robust.models' entry point group (docs/usage.md)")
-    return EXIT_OK
 
 
 # ----- check-data -----------------------------------------------------------------------------------------------
@@ -512,9 +713,7 @@ examples:
 Options not given on the command line come from [tool.cxr_robust] in the nearest pyproject.toml, then the
 CXR_ROBUST_* environment variables, then the defaults (docs/usage.md).
 """
-_EPILOG_RUN = """\
-exit codes: 0 all measured cells passed; 1 a cell failed; 2 usage/configuration error (also: the dataset
-cannot be loaded); 3 with --require-all, a model could not run here; 4 a sweep errored. The largest applies.
+_EPILOG_RUN = help_text() + """
 
 examples:
   cxr-robust run --models phantom-clip --phantom-studies 120 --ratios 0,25,81 --ks 5,10
@@ -526,24 +725,27 @@ _EPILOG_REPORT = """\
 examples:
   cxr-robust report cxr-robust-report/            # rewrites cxr-robust-report/report.html
   cxr-robust report runs/v2/results.json -o /tmp/v2.html
-exit codes: 0 written; 2 no or invalid results.json.
-"""
+""" + f"exit codes: {EXIT_OK} written; {EXIT_USAGE} no or invalid results.json, or the output cannot be written.\n"
 _EPILOG_COMPARE = """\
 Differences are B minus A, per (model, occlusion, k) cell measured in both. Where both directories hold the
 model's per-query ranks (ranks/*.npz, written by `cxr-robust run`) and cxr_robust.paired is installed, the
 test is paired (same images and reports required); otherwise an unpaired, unadjusted interval is
 shown.
 
+Runs measured on different datasets or sizes are refused, as is a damaged ranks file.
+
 examples:
   cxr-robust compare runs/v1 runs/v2
   cxr-robust compare runs/v1/results.json runs/v2/results.json --csv diff.csv --fail-on-regression
-exit codes: 0 compared; 1 with --fail-on-regression, a cell is significantly worse in B; 2 bad input.
-"""
+""" + (f"exit codes: {EXIT_OK} compared; {EXIT_FAILED} with --fail-on-regression, a cell is significantly worse in "
+          f"B; {EXIT_USAGE} bad input\n(unreadable results or ranks, runs on different data, --alpha outside (0, 1), "
+          "--csv not writable).\n")
 _EPILOG_MODELS = """\
 examples:
   cxr-robust models
   cxr-robust models --weights-dir /data/weights --bert-vocab /data/Bio_ClinicalBERT --json
-"""
+""" + (f"exit codes: {EXIT_OK} listed; {EXIT_USAGE} a path that was given (--weights, --weights-dir, --bert-vocab) "
+          "does not exist.\n")
 _EPILOG_CHECK = """\
 Loads the evaluation set exactly as the gate would (nothing is copied; no report text is printed) and prints
 its counts, views and exclusions by reason beside the paper's 994 studies / 1,770 images.
@@ -552,8 +754,7 @@ examples:
   cxr-robust check-data --mimic-root /data/mimic-cxr-jpg --mimic-reports /data/mimic-cxr-reports.zip
   cxr-robust check-data --mimic-root /data/mimic-cxr-jpg --views frontal --skip-bad
   cxr-robust check-data --manifest data/my_eval.csv
-exit codes: 0 the set loads; 2 it does not (the message names the file and what is wrong).
-"""
+""" + f"exit codes: {EXIT_OK} the set loads; {EXIT_USAGE} it does not (the message names the file and what is wrong).\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -569,9 +770,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the gate's sweeps and write JSON/CSV/HTML results", epilog=_EPILOG_RUN,
                        formatter_class=fmt, description="Run the gate outside pytest, with the plugin's options.")
     _add_gate_args(p)
-    p.add_argument("--require-all", action="store_true", help="a model that cannot run here is an error (exit 3)")
+    p.add_argument("--require-all", action="store_true",
+                   help=f"a model that cannot run here is an error (exit {EXIT_UNAVAILABLE})")
     p.add_argument("--update-baselines", action="store_true",
                    help="record the measured tables (and ranks) in the baselines directory")
+    p.add_argument("--allow-missing-baseline", action="store_true",
+                   help="cells without a baseline are NOT COMPARED (reported, exit 0) instead of failing (exit 1)")
+    p.add_argument("--refresh-cache", action="store_true",
+                   help="recompute every embedding this run needs and overwrite its cache entry")
     _add_project_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -585,9 +791,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, description="Compare two results directories cell by cell.")
     p.add_argument("a", help="results directory (or results.json) of the reference run")
     p.add_argument("b", help="results directory (or results.json) of the candidate run")
-    p.add_argument("--alpha", type=float, default=0.05, help="test level (default 0.05)")
+    p.add_argument("--alpha", type=float, default=0.05, help="test level, in (0, 1) (default 0.05)")
     p.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
-    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a cell is significantly worse")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help=f"exit {EXIT_FAILED} when a cell is significantly worse")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="registered models and whether their weights are found here",
@@ -621,7 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except UsageProblem as exc:
+    except (UsageProblem, OutputError) as exc:  # the user's to fix: one line, no traceback
         _err(str(exc))
         return EXIT_USAGE
 

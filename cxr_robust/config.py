@@ -66,7 +66,9 @@ _STR = {"dataset", "mimic_split", "views", "device", "precision", "text_policy",
 _PATH = {"mimic_root", "mimic_reports", "manifest", "weights_dir", "bert_vocab", "cache_dir", "report_dir",
          "baselines_dir", "compare_to"}
 _INT = {"phantom_studies", "seed", "batch_size", "data_seed"}
-_BOOL = {"require_all", "update_baselines", "summaries"}
+_INT_MIN = {"phantom_studies": 1, "seed": 0, "batch_size": 1, "data_seed": 0}
+"""Smallest accepted value of each integer option (checked here, so the message names the option and layer)."""
+_BOOL = {"require_all", "update_baselines", "summaries", "allow_missing_baseline", "refresh_cache"}
 
 
 class ConfigError(ValueError):
@@ -123,28 +125,60 @@ def _path(value: Any, key: str, where: str, base_dir: Path | None) -> str:
     return str(base_dir / p) if base_dir is not None and not p.is_absolute() else str(p)
 
 
-def _weights(value: Any, where: str, base_dir: Path | None) -> dict[str, str]:
+def _weights(value: Any, where: str, base_dir: Path | None, label: str = "weights") -> dict[str, str]:
     """``{model: path}`` from a TOML table, or from ``MODEL=PATH`` strings (a list or comma-separated)."""
     pairs: list[tuple[str, Any]] = []
     if isinstance(value, Mapping):
         pairs = list(value.items())
     else:
-        for item in _items(value, "weights", where):
+        for item in _items(value, label, where):
             name, sep, path = str(item).partition("=")
             if not sep or not name.strip() or not path.strip():
-                raise ConfigError(f"{where}: weights expects MODEL=PATH, got {item!r}")
+                raise ConfigError(f"{where}: {label} expects MODEL=PATH, got {item!r}")
             pairs.append((name.strip(), path.strip()))
     return {str(name): _path(path, f"weights.{name}", where, base_dir) for name, path in pairs}
 
 
-def parse_layer(raw: Mapping[str, Any], where: str, base_dir: Path | None = None) -> dict[str, Any]:
+def _check_min(value: int, key: str, label: str, where: str) -> int:
+    """``value`` if it is at least ``key``'s minimum (:data:`_INT_MIN`), else a ConfigError naming ``label``."""
+    low = _INT_MIN.get(key)
+    if low is not None and value < low:
+        what = "a non-negative integer" if low == 0 else f"an integer >= {low}"
+        raise ConfigError(f"{where}: {label} must be {what}, got {value}")
+    return value
+
+
+def _alpha(value: Any, key: str, where: str) -> float:
+    alpha = _number(value, float, key, where)
+    if not 0 < alpha < 1:  # also refuses NaN
+        raise ConfigError(f"{where}: {key} must be in (0, 1), e.g. 0.05; got {alpha:g}")
+    return alpha
+
+
+def _text_policy(value: Any, key: str, where: str) -> str:
+    """One of the accepted report text policies (case and surrounding spaces ignored), as its canonical name."""
+    from cxr_robust.data.text_policy import TextPolicy
+
+    try:
+        return TextPolicy.parse(value).value
+    except ValueError:
+        names = ", ".join(p.value for p in TextPolicy)
+        raise ConfigError(f"{where}: {key} must be one of {names}; got {value!r}") from None
+
+
+def parse_layer(raw: Mapping[str, Any], where: str, base_dir: Path | None = None,
+                labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Typed GateOptions overrides from values as a person writes them; ``None`` and ``""`` mean "not set".
 
     ``ratios`` are in percent (``"0,0.25,25"`` or ``[0, 0.25, 25]``) and become fractions; ``models``,
     ``ks`` and ``baselines`` take lists or comma-separated strings; ``weights`` a table or ``MODEL=PATH``
-    items. ``where`` names the source in error messages; ``base_dir`` resolves relative paths (files only).
+    items. Values out of range (``seed < 0``, ``batch_size < 1``, ``phantom_studies < 1``, ``alpha`` outside
+    (0, 1), an unknown ``text_policy``) are refused here. ``where`` names the source in error messages;
+    ``labels`` maps keys to how the source spells them (``{"seed": "--seed"}`` for a command line), so the
+    message names the option as the user wrote it; ``base_dir`` resolves relative paths (files only).
     """
     known = _field_names()
+    labels = labels or {}
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
@@ -153,38 +187,44 @@ def parse_layer(raw: Mapping[str, Any], where: str, base_dir: Path | None = None
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
-        if key == "models":
-            out[key] = tuple(str(m) for m in _items(value, key, where))
-        elif key == "ratios":
-            pct = [_number(v, float, key, where) for v in _items(value, key, where)]
-            bad = [p for p in pct if not 0 <= p < 100]
-            if bad:
-                raise ConfigError(f"{where}: ratios are occluded area in percent, in [0, 100); got {bad}")
-            out[key] = tuple(p / 100.0 for p in pct)
-        elif key == "ks":
-            ks = [_number(v, int, key, where) for v in _items(value, key, where)]
-            if any(k < 1 for k in ks):
-                raise ConfigError(f"{where}: ks must be positive integers, got {ks}")
-            out[key] = tuple(ks)
-        elif key == "alpha":
-            out[key] = _number(value, float, key, where)
-        elif key in _INT:
-            out[key] = _number(value, int, key, where)
-        elif key in _BOOL:
-            out[key] = _bool(value, key, where)
-        elif key == "weights":
-            out[key] = _weights(value, where, base_dir)
-        elif key == "baselines":
-            out[key] = tuple(_path(v, key, where, base_dir) for v in _items(value, key, where))
-        elif key in _PATH:
-            out[key] = _path(value, key, where, base_dir)
-        elif key in _STR:
-            if not isinstance(value, str):
-                raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
-            out[key] = value.strip()
-        else:  # a GateOptions field this module has not been taught about: pass it through unchanged
-            out[key] = value
+        out[key] = _parse_value(key, value, where, base_dir, labels.get(key, key))
     return out
+
+
+def _parse_value(key: str, value: Any, where: str, base_dir: Path | None, label: str) -> Any:
+    """The typed value of one key; ``label`` is the key as the user wrote it, for messages."""
+    if key == "models":
+        return tuple(str(m) for m in _items(value, label, where))
+    if key == "ratios":
+        pct = [_number(v, float, label, where) for v in _items(value, label, where)]
+        bad = [p for p in pct if not 0 <= p < 100]
+        if bad:
+            raise ConfigError(f"{where}: {label} are occluded area in percent, in [0, 100); got {bad}")
+        return tuple(p / 100.0 for p in pct)
+    if key == "ks":
+        ks = [_number(v, int, label, where) for v in _items(value, label, where)]
+        if any(k < 1 for k in ks):
+            raise ConfigError(f"{where}: {label} must be positive integers, got {ks}")
+        return tuple(ks)
+    if key == "alpha":
+        return _alpha(value, label, where)
+    if key == "text_policy":
+        return _text_policy(value, label, where)
+    if key in _INT:
+        return _check_min(_number(value, int, label, where), key, label, where)
+    if key in _BOOL:
+        return _bool(value, label, where)
+    if key == "weights":
+        return _weights(value, where, base_dir, label)
+    if key == "baselines":
+        return tuple(_path(v, label, where, base_dir) for v in _items(value, label, where))
+    if key in _PATH:
+        return _path(value, label, where, base_dir)
+    if key in _STR:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {label} must be a string, got {value!r}")
+        return value.strip()
+    return value  # a GateOptions field this module has not been taught about: pass it through unchanged
 
 
 # ----- the layers ---------------------------------------------------------------------------------------------
@@ -268,15 +308,16 @@ def merge_options(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> "GateO
 
 def build_gate_options(cli: Mapping[str, Any] | None = None, ini: Mapping[str, Any] | None = None,
                        start: str | Path = ".", environ: Mapping[str, str] | None = None,
-                       use_pyproject: bool = True) -> "GateOptions":
+                       use_pyproject: bool = True, cli_labels: Mapping[str, str] | None = None) -> "GateOptions":
     """Every layer in the documented order: command line > ini > pyproject > environment > defaults.
 
     ``cli`` and ``ini`` hold raw values keyed by GateOptions field names (as :func:`parse_layer` reads
-    them); ``start`` is where the search for ``pyproject.toml`` begins (pytest: ``config.rootpath``).
+    them); ``start`` is where the search for ``pyproject.toml`` begins (pytest: ``config.rootpath``);
+    ``cli_labels`` maps fields to their command-line flags (``{"seed": "--seed"}``) for error messages.
     """
     layers = [options_from_env(environ)]
     if use_pyproject:
         layers.append(load_pyproject_config(start))
     layers.append(parse_layer(dict(ini or {}), "ini file"))
-    layers.append(parse_layer(dict(cli or {}), "command line"))
+    layers.append(parse_layer(dict(cli or {}), "command line", labels=cli_labels))
     return merge_options({}, *layers)

@@ -21,7 +21,7 @@ import numpy as np
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS, __version__
 from cxr_robust.cache import EmbeddingCache
-from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_PIXELS, BadImageError
+from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_DECODED_BYTES, MAX_PIXELS, BadImageError
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.text_policy import TextPolicy
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
@@ -128,6 +128,26 @@ def pick_device(device: str | None = None) -> str:
     return "cuda"
 
 
+UNIT_NORM_TOLERANCE = 1e-3
+"""An embedding whose L2 norm is further than this from 1 breaks the documented contract (it is normalised)."""
+
+
+def normalise_checked(emb: "torch.Tensor", contract: dict[str, int], what: str) -> "torch.Tensor":
+    """``emb`` with unit rows; rows that were not unit are counted in ``contract[what]``.
+
+    The engine ranks by cosine similarity whatever the model returns: an adapter that forgets to normalise
+    (or scales its embeddings) would otherwise rank by a dot product that favours long vectors.
+    """
+    from cxr_robust.models.base import l2_normalise
+
+    norms = emb.norm(dim=-1)
+    off = int(((norms - 1.0).abs() > UNIT_NORM_TOLERANCE).sum())
+    if off:
+        contract[what] = contract.get(what, 0) + off
+        return l2_normalise(emb)
+    return emb
+
+
 def check_finite(emb: "torch.Tensor", ids: Sequence[str], model: str, what: str) -> None:
     """Raise naming the model and the first offending ids if ``emb`` has NaN or Inf rows."""
     import torch
@@ -194,8 +214,13 @@ def decode_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0,
 
 
 def encode_texts(model: "RetrievalModel", texts: list[str], study_ids: list[str], batch_size: int,
-                 progress: bool | None = None, device: str = "cpu", precision: str = "fp32") -> np.ndarray:
-    """Embed report texts in batches (float32, L2-normalised), checking they are finite."""
+                 progress: bool | None = None, device: str = "cpu", precision: str = "fp32",
+                 contract: dict[str, int] | None = None) -> np.ndarray:
+    """Embed report texts in batches (float32, L2-normalised), checking they are finite.
+
+    Rows the model did not return with unit norm are normalised and counted in ``contract["text"]``.
+    """
+    contract = {} if contract is None else contract
     import torch
 
     out = []
@@ -204,15 +229,19 @@ def encode_texts(model: "RetrievalModel", texts: list[str], study_ids: list[str]
         for s in _progress(starts, len(starts), f"{model.name}: texts", progress):
             emb = model.encode_texts(texts[s:s + batch_size]).float().cpu()
             check_finite(emb, study_ids[s:s + batch_size], model.name, "report")
-            out.append(emb)
+            out.append(normalise_checked(emb, contract, "text"))
     return torch.cat(out).numpy()
 
 
 def encode_occluded(model: "RetrievalModel", pixels: "torch.Tensor", image_ids: list[str], ratio: float,
-                    config: SweepConfig, device: str) -> np.ndarray:
-    """Occlude every image at ``ratio`` (boxes seeded per image id) and embed, batch by batch on ``device``."""
+                    config: SweepConfig, device: str, contract: dict[str, int] | None = None) -> np.ndarray:
+    """Occlude every image at ``ratio`` (boxes seeded per image id) and embed, batch by batch on ``device``.
+
+    Rows the model did not return with unit norm are normalised and counted in ``contract["image"]``.
+    """
     import torch
 
+    contract = {} if contract is None else contract
     _, _, h, w = pixels.shape
     boxes = torch.from_numpy(sample_boxes(image_ids, ratio, config.seed, h, w))
     out = []
@@ -224,7 +253,7 @@ def encode_occluded(model: "RetrievalModel", pixels: "torch.Tensor", image_ids: 
                 batch = occlude_batch(batch, boxes[s:s + config.batch_size].to(device), fill=config.fill)
             emb = model.encode_images(batch).float().cpu()
             check_finite(emb, image_ids[s:s + config.batch_size], model.name, f"image (occlusion {ratio:.2%})")
-            out.append(emb)
+            out.append(normalise_checked(emb, contract, "image"))
     return torch.cat(out).numpy()
 
 
@@ -242,12 +271,16 @@ def _versions() -> dict[str, str]:
 
 def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig = SweepConfig(),
               cache: EmbeddingCache | None = None,
-              on_ratio: Callable[[float, RankCounts], None] | None = None) -> SweepResult:
+              on_ratio: Callable[[float, RankCounts], None] | None = None,
+              code_modules: Sequence[str] = ()) -> SweepResult:
     """Measure Recall@k of ``model`` on ``data`` at every ratio of ``config``.
 
     Text embeddings (and, with ``config.cache_images``, occluded-image embeddings) are read from ``cache``
-    when present, so a rerun encodes nothing that has not changed and an interrupted run resumes.
+    when present, so a rerun encodes nothing that has not changed and an interrupted run resumes. The cache
+    key holds the model's identity (:func:`~cxr_robust.models.identity.model_identity`: its weights as loaded
+    and the source of its code, plus ``code_modules``, e.g. the registry factory's module).
     """
+    from cxr_robust.models.identity import model_identity
     import torch
 
     from cxr_robust.scoring import score_ranks
@@ -260,7 +293,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         module.eval()
     check_ks(config.ks, data.num_studies)
     policy = TextPolicy.parse(config.text_policy or model.default_text_policy)
-    fp = model.fingerprint()
+    fp = model_identity(model, code_modules)
+    contract: dict[str, int] = {}
     versions = _versions()
     timings: dict[str, float] = {}
     encoded = {"texts": 0, "images": 0}
@@ -279,7 +313,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     def compute_texts() -> np.ndarray:
         encoded["texts"] += len(texts)
         return encode_texts(model, texts, data.study_ids, config.batch_size, config.progress, device,
-                            config.precision)
+                            config.precision, contract)
 
     text_emb, _ = cache.get_or_compute("text", text_key, compute_texts)
     timings["texts_s"] = time.perf_counter() - t0
@@ -306,7 +340,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
 
         if config.cache_images:
             status_key = {"images": image_fp, "preprocess": model.preprocess_key(), "draft": config.draft_decode,
-                          "decode_size": model.decode_size, "max_pixels": MAX_PIXELS,
+                          "decode_size": model.decode_size, "max_pixels": MAX_PIXELS, "max_decoded_bytes": MAX_DECODED_BYTES,
                           "pillow": versions.get("pillow")}
             status, _ = cache.get_or_compute("image_status", status_key, compute_status)
         else:
@@ -337,7 +371,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
                                            config.draft_decode, queries if skipped_ids else None)
                 timings["decode_s"] = time.perf_counter() - t_dec
             encoded["images"] += len(query_ids)
-            return encode_occluded(model, pixels, query_ids, ratio, config, device)
+            return encode_occluded(model, pixels, query_ids, ratio, config, device, contract)
 
         if config.cache_images:
             image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), "ratio": ratio,
@@ -355,6 +389,11 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             on_ratio(ratio, counts[ratio])
 
     timings["total_s"] = time.perf_counter() - t_start
+    if contract:
+        log.warning("model %r returned embeddings that are not unit-norm (%s rows, tolerance %g); they were "
+                    "normalised (the engine ranks by cosine similarity). Its encoders should return L2-normalised "
+                    "rows (RetrievalModel contract).", model.name,
+                    ", ".join(f"{n} {what}" for what, n in sorted(contract.items())), UNIT_NORM_TOLERANCE)
     meta = {
         "model": model.name, "model_fingerprint": fp, "dataset": data.name, "dataset_counts": data.counts(),
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
@@ -365,6 +404,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         "skipped_images": skipped, "skipped_image_ids": skipped_ids,
         "studies_without_queries": int(data.num_studies - len(np.unique(query_study))),
         "text_encodings": encoded["texts"], "image_encodings": encoded["images"],
+        "contract_violations": {"not_unit_norm": contract} if contract else {},
         "cache_dir": str(cache.root), "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions,
     }

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_robust import PAPER_KS, PAPER_RATIOS
+from cxr_robust import PAPER_KS, PAPER_RATIOS, verdicts
 from cxr_robust.baselines import BaselineCell, BaselineTable, write_table
 from cxr_robust.data.retrieval_set import check_on_bad
 from cxr_robust.models import DEMO_MODEL, PAPER_MODELS, get_spec
 from cxr_robust.precision import check_precision
 from cxr_robust.results import ModelOutcome, build_document, git_revision, save_ranks, write_results
-from cxr_robust.stats import CellDecision, CellInput, GateRule, decide
+from cxr_robust.stats import (CellDecision, CellInput, GateRule, GridDecision, apply_family, decide, grid_chance_p,
+                              grid_test_paired, grid_test_unpaired)
 
 if TYPE_CHECKING:
     from cxr_robust.data.retrieval_set import RetrievalSet
@@ -65,6 +66,8 @@ class GateOptions:
     on_bad_image: str = "error"
     compare_to: str | None = None
     summaries: bool = True
+    allow_missing_baseline: bool = False
+    refresh_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -73,10 +76,31 @@ class GateOptions:
         check_precision(self.precision)
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.seed < 0:
+            raise ValueError(f"the occlusion seed (--cxr-seed) must be >= 0, got {self.seed}")
+        if len(set(self.ratios)) != len(self.ratios) or len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"occlusion ratios and ks must not repeat (got ratios {list(self.ratios)}, "
+                             f"ks {list(self.ks)})")
+
+    def check_grid(self, n_candidates: int, dataset: str) -> None:
+        """Raise :class:`GateUsageError` when a k exceeds the ``n_candidates`` reports of ``dataset``."""
+        too_big = [k for k in self.ks if k > n_candidates]
+        if too_big:
+            raise GateUsageError(f"--cxr-ks {','.join(map(str, too_big))}: dataset {dataset} has only "
+                                 f"{n_candidates} reports, so Recall@k needs k <= {n_candidates}; choose smaller ks "
+                                 "(or a larger data set)")
 
     def effective(self) -> dict[str, Any]:
         """The configuration as recorded in the report."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+class GateUsageError(ValueError):
+    """A configuration that cannot be measured (found once the data set is known); stops the run."""
+
+
+class BaselineUpdateRefused(RuntimeError):
+    """``--update-baselines`` would record from a run that did not finish cleanly; nothing was written."""
 
 
 @dataclass
@@ -86,6 +110,9 @@ class ModelRun:
     model: str
     result: "SweepResult | None" = None
     decisions: dict[tuple[float, int], CellDecision] = field(default_factory=dict)
+    grid: GridDecision | None = None
+    mode: str = "none"
+    """``paired`` (recorded per-query ranks), ``unpaired`` (a baseline table) or ``none`` (no baseline)."""
     baseline_source: str | None = None
     error: BaseException | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +136,8 @@ class GateSession:
         self._runs: dict[str, ModelRun] = {}
         self._tables: list[BaselineTable] | None = None
         self.skipped: dict[str, str] = {}
+        self.notes: list[str] = []
+        """Things a baseline update did that the user must hear about (printed with its summary)."""
 
     # ----- what can run ---------------------------------------------------------------------------------
     def dataset_name(self) -> str:
@@ -167,7 +196,9 @@ class GateSession:
             raise self._dataset_error
         if self._dataset is None:
             try:
-                self._dataset = self._load_dataset()
+                data = self._load_dataset()
+                self.options.check_grid(data.num_studies, data.name)
+                self._dataset = data
             except BaseException as exc:
                 self._dataset_error = exc
                 raise
@@ -211,20 +242,20 @@ class GateSession:
         run = ModelRun(model)
         try:
             data = self.dataset()
+            spec = get_spec(model)
             net = load_model(model, weights=o.weights.get(model), weights_dir=o.weights_dir,
-                             **({"bert_vocab": o.bert_vocab} if get_spec(model).needs_bert_vocab else {}))
+                             **({"bert_vocab": o.bert_vocab} if spec.needs_bert_vocab else {}))
             config = SweepConfig(ratios=tuple(o.ratios), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
                                  device=o.device, precision=o.precision, text_policy=o.text_policy,
                                  on_bad_image=o.on_bad_image)
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
                      data.num_images, data.num_studies)
-            run.result = run_sweep(net, data, config, EmbeddingCache(o.cache_dir))
-            table, row = self.baseline_for(model, self.baseline_row(model, run.result))
-            run.baseline_source = str(table.path) if table is not None else None
-            run.decisions = self._decide(run.result, table, row)
-            if o.compare_to:
-                run.baseline_source = str(self._apply_paired(run.result, row, run.decisions))
-            if o.summaries:
+            cache = EmbeddingCache(o.cache_dir, refresh=o.refresh_cache)
+            # The factory's module is part of the model's code identity (a custom factory may change weights
+            # or preprocessing of a built-in class).
+            run.result = run_sweep(net, data, config, cache, code_modules=(spec.factory.partition(":")[0],))
+            self._compare(run, self.baseline_row(model, run.result))
+            if o.summaries and len(o.ratios) >= 2:  # a curve summary needs two points; one ratio has none
                 from cxr_robust.summaries import robustness_summary
 
                 run.summary = robustness_summary(run.result.counts, run.result.ks, n_boot=1000, seed=o.seed)
@@ -232,37 +263,86 @@ class GateSession:
             run.error = exc
         return run
 
-    def _apply_paired(self, result: "SweepResult", row: str,
-                      decisions: dict[tuple[float, int], CellDecision]) -> Path:
-        """Replace the unpaired baseline verdicts by paired ones against a recorded run's per-query ranks."""
-        from cxr_robust.paired import find_reference_ranks, paired_decide
-        from cxr_robust.results import load_ranks
+    # ----- comparing ---------------------------------------------------------------------------------------
+    def reference_ranks(self, row: str, dataset: str, seed: int) -> Path | None:
+        """Recorded per-query ranks to pair with: ``--cxr-compare-to``, else ``baselines/ranks/`` by default.
 
-        assert self.options.compare_to is not None
-        path = find_reference_ranks(self.options.compare_to, row, result.dataset, result.seed)
-        ref_counts, ref_ids, _ = load_ranks(path)
-        for p in paired_decide(ref_counts, result.counts, ref_ids, result.image_ids, result.ks,
-                               alpha=self.options.alpha, seed=self.options.seed):
-            d = decisions[(p.ratio, p.k)]
-            d.baseline, d.baseline_n_queries = p.reference, p.n_queries
-            d.p_value, d.p_adjusted, d.passed, d.tolerance, d.se = p.p_value, p.p_adjusted, p.passed, None, None
-            d.rule = (f"paired {p.method} on per-query hits against {path.name}, one-sided, Holm-adjusted over "
-                      f"the model's grid, fail if adjusted p < alpha={self.options.alpha}")
-            d.extras["paired"] = p.as_dict()
-        return path
+        By default the file of the run's seed is used (same occlusion boxes: only the model differs). When
+        only one other seed was recorded it is used and the mismatch is stated in every verdict (the paired
+        test stays valid, because each query's boxes are drawn independently per seed, but is less
+        sensitive). Several other seeds and not this one is an error: pass ``--cxr-compare-to FILE``.
+        """
+        from cxr_robust.paired import find_reference_ranks, ranks_filename
 
-    def _decide(self, result: "SweepResult", table: BaselineTable | None,
-                row: str) -> dict[tuple[float, int], CellDecision]:
+        if self.options.compare_to:
+            return find_reference_ranks(self.options.compare_to, row, dataset, seed)
+        folder = self.rootdir / self.options.baselines_dir / "ranks"
+        exact = folder / ranks_filename(row, dataset, seed)
+        if exact.is_file():
+            return exact
+        stem = exact.name[:exact.name.rindex("__seed") + len("__seed")]
+        others = sorted(folder.glob(stem + "*.npz")) if folder.is_dir() else []
+        if len(others) > 1:
+            raise FileNotFoundError(f"{folder} holds ranks of {row!r} on {dataset!r} for seeds "
+                                    f"{', '.join(p.name for p in others)} but not the run's seed {seed}; run with "
+                                    "one of those seeds (--cxr-seed) or pass --cxr-compare-to FILE")
+        return others[0] if others else None
+
+    def _compare(self, run: ModelRun, row: str) -> None:
+        """Decide every test of ``run``: paired against recorded ranks where they exist, else unpaired against
+        a baseline table, else nothing to compare (cells stay without a baseline); then the family."""
+        result = run.result
+        assert result is not None
+        table, _ = self.baseline_for(run.model, row)
         cells = []
-        grid = result.grid()
-        for ratio, by_k in grid.items():
+        for ratio, by_k in result.grid().items():
             for k, measured in by_k.items():
                 base = table.get(row, k, ratio) if table is not None else None
                 cells.append(CellInput(model=result.model, ratio=ratio, k=k, measured=measured,
                                        n_queries=result.n_queries, n_candidates=result.n_candidates,
                                        baseline=base.recall if base else None,
                                        baseline_n_queries=base.n_queries if base else None))
-        return {(d.ratio, d.k): d for d in decide(cells, self.rule)}
+        decisions = {(d.ratio, d.k): d for d in decide(cells, self.rule)}
+        run.decisions = decisions
+        ref_path = self.reference_ranks(row, result.dataset, result.seed)
+        if ref_path is not None:
+            run.mode, run.baseline_source = "paired", str(ref_path)
+            run.grid = self._apply_paired(result, ref_path, decisions)
+        elif table is not None:
+            run.mode, run.baseline_source = "unpaired", str(table.path)
+            run.grid = self._grid_unpaired(result, decisions)
+        else:
+            run.grid = self._grid_unpaired(result, decisions)
+        apply_family(list(decisions.values()), run.grid, self.options.alpha)
+
+    def _apply_paired(self, result: "SweepResult", path: Path,
+                      decisions: dict[tuple[float, int], CellDecision]) -> GridDecision:
+        """Replace the cells' raw p-values by paired ones against ``path`` and return the paired grid test."""
+        from cxr_robust.results import load_ranks
+
+        ref_counts, ref_ids, ref_meta = load_ranks(path)
+        return compare_paired(result, decisions, ref_counts, ref_ids, ref_meta.get("seed"), self.rule,
+                              label=path.name)
+
+    def _grid_unpaired(self, result: "SweepResult", decisions: dict[tuple[float, int], CellDecision]) -> GridDecision:
+        """The grid test against a table's cells (z-test), or only the grid's chance test without a baseline."""
+        import numpy as np
+
+        keys = list(decisions)
+        hits = np.stack([result.hits(r, k) for r, k in keys], axis=1)
+        chances = np.array([k / result.n_candidates for _, k in keys])
+        compared = [i for i, key in enumerate(keys) if decisions[key].baseline is not None]
+        grid = GridDecision(model=result.model, mode="unpaired" if compared else "none",
+                            measured=float(hits[:, compared].mean()) if compared else float(hits.mean()),
+                            baseline=None, chance=float(chances.mean()), n_cells=len(compared),
+                            n_queries=result.n_queries, chance_p=grid_chance_p(hits, chances),
+                            rule=self.rule.describe("unpaired"))
+        if compared:
+            base = [decisions[keys[i]] for i in compared]
+            grid.baseline = float(np.mean([d.baseline for d in base]))
+            n_base = min(d.baseline_n_queries or result.n_queries for d in base)
+            grid.p_value, grid.extras = grid_test_unpaired(hits[:, compared], grid.baseline, n_base)
+        return grid
 
     # ----- outputs ---------------------------------------------------------------------------------------
     def outcomes(self) -> list[ModelOutcome]:
@@ -278,7 +358,8 @@ class GateSession:
                 cells = [d.as_dict() for d in run.decisions.values()]
                 out.append(ModelOutcome(model, "measured", baseline_row=run.result.baseline_row,
                                         baseline_source=run.baseline_source, text_policy=run.result.text_policy,
-                                        meta=run.result.meta, cells=cells, summary=run.summary))
+                                        meta=run.result.meta, cells=cells, summary=run.summary,
+                                        grid=run.grid.as_dict() if run.grid else None, mode=run.mode))
             elif model in self.skipped:
                 out.append(ModelOutcome(model, "skipped", reason=self.skipped[model]))
         return out
@@ -296,9 +377,10 @@ class GateSession:
                         exclusions[f"images skipped by {model}: {reason}"] = n
             dataset.update(counts=data.counts(), credentialed=data.credentialed, exclusions=exclusions,
                            version=data.meta.get("dataset_version"), reports_source=data.meta.get("reports_source"))
-        run = {"config": self.options.effective(), "rule": self.rule.describe(), "dataset": dataset,
-               "git": git_revision(self.rootdir)}
-        return build_document(self.outcomes(), run)
+        modes = sorted({r.mode for r in self._runs.values() if r.result is not None} - {"none"}) or ["unpaired"]
+        rule = " | ".join(self.rule.describe(m) for m in modes)
+        run = {"config": self.options.effective(), "rule": rule, "dataset": dataset, "git": git_revision(self.rootdir)}
+        return verdicts.annotate(build_document(self.outcomes(), run))
 
     def write_outputs(self, doc: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write JSON/CSV results and the HTML report (of ``doc``, default this session's) into the report dir."""
@@ -312,9 +394,19 @@ class GateSession:
             paths[f"ranks {i}"] = path
         return paths
 
-    def update_baselines(self) -> list[Path]:
-        """Write measured tables (and per-query ranks) of the measured models into the baselines directory."""
-        written = []
+    def update_baselines(self) -> tuple[list[Path], list[str]]:
+        """Record the measured cells (and per-query ranks) of the measured models in the baselines directory.
+
+        Merges: only the cells measured now are added or changed, every other row of the table (other
+        models, datasets, ratios, ks) is kept; each file is replaced atomically. Refuses
+        (:class:`BaselineUpdateRefused`, nothing written) when a configured model errored. Returns the files
+        written and one line per file saying how many cells were added, changed and kept.
+        """
+        errored = [m for m, r in self._runs.items() if r.error is not None]
+        if errored:
+            raise BaselineUpdateRefused(f"--update-baselines: nothing recorded, because the sweep of "
+                                        f"{', '.join(errored)} errored; fix the error and record again")
+        written, lines = [], []
         base_dir = self.rootdir / self.options.baselines_dir
         for model, run in self._runs.items():
             if run.result is None:
@@ -329,19 +421,24 @@ class GateSession:
             recorded = table is not None and all(c.source.startswith(RECORDED_SOURCE) for c in table.for_model(row))
             # Published numbers (the paper's Table 1) are never overwritten: a measurement goes to its own file.
             path = Path(table.path) if recorded and table.path else base_dir / f"{_slug(row)}__{res.dataset}.csv"
-            keep = []
-            if path.exists():
-                keep = [c for c in BaselineTable.load(path).cells if not (c.model == row and c.dataset == res.dataset)]
-            written.append(write_table(keep + new, path))
-        written += self.save_ranks(base_dir)
+            old = BaselineTable.load(path).cells if path.exists() else []
+            cells, counts = merge_cells(old, new)
+            written.append(write_table(cells, path))
+            lines.append(f"{path}: {counts['added']} cells added, {counts['changed']} changed, "
+                         f"{counts['unchanged']} re-measured unchanged, {counts['kept']} other rows kept")
+        written += self.save_ranks(base_dir, merge=True)
         self._tables = None  # re-read on next use
-        return written
+        return written, lines + self.notes
 
-    def save_ranks(self, directory: str | Path) -> list[Path]:
+    def save_ranks(self, directory: str | Path, merge: bool = False) -> list[Path]:
         """Per-query ranks of every measured model as ``directory/ranks/<row>__<dataset>__seed<N>.npz``.
 
-        These are the input of paired comparisons (``--cxr-paired``, ``cxr-robust compare``).
+        These are the input of paired comparisons (the default wherever they exist in ``baselines/ranks``,
+        ``--cxr-compare-to``, ``cxr-robust compare``). With ``merge``, ratios recorded earlier in the same
+        file for the same images and not measured now are kept.
         """
+        from cxr_robust.results import load_ranks
+
         written = []
         for model, run in self._runs.items():
             res = run.result
@@ -350,9 +447,89 @@ class GateSession:
             meta = {"model": model, "dataset": res.dataset, "seed": res.seed, "text_policy": res.text_policy,
                     "model_fingerprint": res.meta.get("model_fingerprint"),
                     "dataset_counts": res.meta.get("dataset_counts")}
-            name = f"{_slug(self.baseline_row(model, res))}__{res.dataset}__seed{res.seed}.npz"
-            written.append(save_ranks(Path(directory) / "ranks" / name, res.counts, res.image_ids, meta))
+            path = Path(directory) / "ranks" / f"{_slug(self.baseline_row(model, res))}__{res.dataset}__seed{res.seed}.npz"
+            counts = dict(res.counts)
+            if merge and path.is_file():
+                try:
+                    old_counts, old_ids, _ = load_ranks(path)
+                except ValueError as exc:  # a damaged recording is replaced, and the user is told
+                    self.notes.append(f"{path} could not be read and was replaced: {exc}")
+                    old_counts, old_ids = {}, list(res.image_ids)
+                if list(old_ids) == list(res.image_ids):
+                    kept = {r: c for r, c in old_counts.items() if not any(abs(r - q) < 1e-9 for q in counts)}
+                    old_fp = load_ranks(path)[2].get("model_fingerprint") if kept else None
+                    if kept and old_fp != meta["model_fingerprint"]:
+                        self.notes.append(f"{path}: kept {len(kept)} ratio(s) recorded from a different model "
+                                          "(its fingerprint differs); record every ratio again to keep the "
+                                          "reference consistent")
+                    counts = {**kept, **counts}
+                else:
+                    log.warning("%s recorded other images than this run (%d vs %d); it is replaced", path,
+                                len(old_ids), len(res.image_ids))
+            written.append(save_ranks(path, dict(sorted(counts.items())), res.image_ids, meta))
         return written
+
+
+def compare_paired(result: "SweepResult", decisions: dict[tuple[float, int], CellDecision],
+                   ref_counts: dict[float, Any], ref_ids: list[str], ref_seed: Any, rule: GateRule,
+                   label: str = "recorded ranks") -> GridDecision:
+    """The gate's paired comparison (its default wherever recorded ranks exist): set each cell's raw paired
+    p-value (exact McNemar / sign-flip on per-query hits) and return the paired grid test.
+
+    Only the ratios both runs measured are paired; the family adjustment is left to
+    :func:`~cxr_robust.stats.apply_family`. Queries are matched by image id.
+    """
+    import numpy as np
+
+    from cxr_robust.paired import align_ids, paired_decide
+
+    seeds = ("same occlusion seed" if ref_seed == result.seed else
+             f"reference seed {ref_seed}, run seed {result.seed}: the boxes differ, so the test is valid but "
+             "less sensitive; record the reference with the run's seed")
+    shared = [r for r in result.counts if any(abs(r - q) < 1e-9 for q in ref_counts)]
+    ref_for = {r: next(c for q, c in ref_counts.items() if abs(r - q) < 1e-9) for r in shared}
+    text = rule.describe("paired") + f" ({label}; {seeds})"
+    for p in paired_decide(ref_for, {r: result.counts[r] for r in shared}, ref_ids, result.image_ids,
+                           result.ks, alpha=rule.alpha, seed=result.seed):
+        d = decisions[(p.ratio, p.k)]
+        d.baseline, d.baseline_n_queries = p.reference, p.n_queries
+        d.p_value, d.tolerance, d.se = p.p_value, None, None
+        d.rule = text
+        d.extras["paired"] = {**p.as_dict(), "reference_seed": ref_seed, "run_seed": result.seed}
+    index = align_ids(ref_ids, result.image_ids)
+    keys = [(r, k) for r in shared for k in result.ks]
+    ref_hits = np.stack([ref_for[r].hits(k, result.tie_policy) for r, k in keys], axis=1)
+    cand = np.stack([result.hits(r, k) for r, k in keys], axis=1)
+    cand = cand if index is None else cand[index]
+    p_grid, numbers = grid_test_paired(ref_hits, cand)
+    chances = np.array([k / result.n_candidates for _, k in keys])
+    return GridDecision(model=result.model, mode="paired", measured=float(cand.mean()),
+                        baseline=float(ref_hits.mean()), chance=float(chances.mean()), n_cells=len(keys),
+                        n_queries=result.n_queries, p_value=p_grid, chance_p=grid_chance_p(cand, chances),
+                        rule=text, extras={**numbers, "reference_seed": ref_seed, "run_seed": result.seed})
+
+
+def merge_cells(old: list[BaselineCell], new: list[BaselineCell]) -> tuple[list[BaselineCell], dict[str, int]]:
+    """``old`` with the cells of ``new`` added or replaced (same model, dataset, k and ratio), in stable order."""
+    from cxr_robust.baselines import ratio_key
+
+    def key(c: BaselineCell) -> tuple:
+        return (c.model, c.dataset, c.k, ratio_key(c.ratio))
+
+    fresh = {key(c): c for c in new}
+    counts = {"added": 0, "changed": 0, "unchanged": 0, "kept": 0}
+    out = []
+    for c in old:
+        if key(c) in fresh:
+            n = fresh.pop(key(c))
+            counts["changed" if (round(n.recall * 100, 2), n.n_queries, n.n_candidates) !=
+                   (round(c.recall * 100, 2), c.n_queries, c.n_candidates) else "unchanged"] += 1
+            out.append(n)
+        else:
+            counts["kept"] += 1
+            out.append(c)
+    counts["added"] = len(fresh)
+    return out + list(fresh.values()), counts
 
 
 def _slug(name: str) -> str:

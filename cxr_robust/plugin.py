@@ -21,7 +21,6 @@ import pytest
 
 if TYPE_CHECKING:
     from cxr_robust.gate import GateSession, ModelRun
-    from cxr_robust.stats import CellDecision
 
 _SESSION_KEY: "pytest.StashKey[GateSession]" = pytest.StashKey()
 
@@ -59,7 +58,7 @@ _OPTIONS: dict[str, tuple[str, str | None, str]] = {
                        "paired mode: per-query ranks of the previous model (a ranks .npz, baselines/, or a results "
                        "directory); cells are then tested with a paired exact test instead of against the table"),
     "cxr_text_policy": ("cxr_robust_text_policy", None,
-                        "override every model's report text: findings_impression, impression or longest"),
+                        "override every model's report text: findings+impression, impression or longest"),
 }
 
 
@@ -75,22 +74,85 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--require-all", action="store_true", default=False,
                     help="fail (instead of skip) cells whose model weights or data are absent (nightly jobs)")
     group.addoption("--update-baselines", action="store_true", default=False,
-                    help="record the measured tables and per-query ranks in baselines/ instead of asserting")
+                    help="record the measured cells and per-query ranks in baselines/ (merged into the existing "
+                         "tables) instead of asserting")
+    group.addoption("--cxr-allow-missing-baseline", action="store_true", default=False,
+                    help="cells without a baseline are reported as NOT COMPARED (skipped) instead of failing")
+    group.addoption("--cxr-refresh-cache", action="store_true", default=False,
+                    help="recompute every embedding this run needs and overwrite its cache entry")
+
+
+def _value_options() -> list[str]:
+    """The gate's command-line flags that take a value (``--cxr-cache-dir PATH`` ...)."""
+    return ["--" + dest.replace("_", "-") for dest in _OPTIONS] + ["--weights"]
+
+
+def check_rootdir(config: pytest.Config) -> None:
+    """Stop with a usage error when a gate option's value written after a space moved pytest's rootdir.
+
+    pytest chooses its rootdir and ini file before plugin options are known, so in ``--cxr-cache-dir /x`` it
+    takes ``/x`` for a test path: ``pytest.ini`` and ``baselines/`` are then looked for around ``/x``. The
+    setup is recomputed from the real positional arguments; if it differs, nothing can be trusted.
+    """
+    args = list(config.invocation_params.args)
+    flags = set(_value_options())
+    spaced = [(a, args[i + 1]) for i, a in enumerate(args[:-1]) if a in flags and not args[i + 1].startswith("-")]
+    if not spaced:
+        return
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        rootpath, inipath, *_ = determine_setup(
+            inifile=config.option.inifilename, override_ini=config.option.override_ini,
+            args=list(config.option.file_or_dir or []), rootdir_cmd_arg=config.option.rootdir or None,
+            invocation_dir=config.invocation_params.dir)
+        moved = (Path(rootpath), inipath and Path(inipath)) != (config.rootpath, config.inipath)
+    except (ImportError, TypeError):  # pytest's private API changed: assume the worst if a value is a path
+        moved = any(Path(value).expanduser().exists() for _, value in spaced)
+    if moved:
+        fixes = " ".join(f"{flag}={value}" for flag, value in spaced)
+        raise pytest.UsageError(
+            f"cxr-robust: pytest read the value of {', '.join(f for f, _ in spaced)} as a test path before the "
+            f"gate's options were known, and chose rootdir {config.rootpath} (ini file: "
+            f"{config.inipath or 'none'}) instead of {rootpath} (ini file: {inipath or 'none'}); the gate would "
+            f"not find its configuration and baselines. Write the option with '=': {fixes}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Declare the marks the gate uses, so ``--strict-markers`` accepts them without pytest-xdist."""
     config.addinivalue_line("markers", "robustness: a cell of the cxr-robust occlusion gate")
+    check_rootdir(config)
     if config.getoption("update_baselines", False) and getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--update-baselines writes baseline files from one process: run it without -n")
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): keep a model's cells on one pytest-xdist worker")
+    elif getattr(config.option, "dist", None) == "load":
+        # Each model's cells must share one worker: otherwise several workers sweep the same model (the cache
+        # makes that correct but slow). The workers learn it through pytest_configure_node below.
+        config.option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get("cxr_robust_loadgroup"):
+        # A worker sets this from its own command line, which says "load": group ids are added to node ids
+        # (what loadgroup scheduling groups by) only when it is set.
+        config.option.loadgroup = True
     from cxr_robust.models import get_spec
 
-    for model in _session(config).options.models:  # a typo is a usage error before anything runs
+    options = _session(config).options
+    for model in options.models:  # a typo is a usage error before anything runs
         try:
             get_spec(model)
         except KeyError as exc:
+            raise pytest.UsageError(f"cxr-robust: {exc}") from None
+        problem = get_spec(model).configuration_error(options.weights.get(model), options.weights_dir,
+                                                      options.bert_vocab)
+        if problem:  # a path the user gave explicitly that does not exist is a mistake, not "not configured"
+            raise pytest.UsageError(f"cxr-robust: {problem}")
+    if options.dataset == "phantom":  # its size is known without loading it: check k <= N now
+        from cxr_robust.data.phantom import SPLITS
+        from cxr_robust.gate import GateUsageError
+
+        try:
+            options.check_grid(options.phantom_studies or SPLITS["eval"], _session(config).dataset_name())
+        except GateUsageError as exc:
             raise pytest.UsageError(f"cxr-robust: {exc}") from None
 
 
@@ -119,7 +181,9 @@ def build_options(config: pytest.Config) -> "Any":
             raise pytest.UsageError(f"--weights expects MODEL=PATH, got {item!r}")
         weights[name] = path
     cli.update(weights=weights or None, require_all=config.getoption("require_all") or None,
-               update_baselines=config.getoption("update_baselines") or None)
+               update_baselines=config.getoption("update_baselines") or None,
+               allow_missing_baseline=config.getoption("cxr_allow_missing_baseline") or None,
+               refresh_cache=config.getoption("cxr_refresh_cache") or None)
     try:
         return build_gate_options(cli=cli, ini=ini, start=config.rootpath)
     except (ConfigError, ValueError) as exc:
@@ -136,22 +200,31 @@ def _session(config: pytest.Config) -> "GateSession":
 
 @dataclass(frozen=True)
 class CellParam:
-    """The parameter of one gate case: which model, ratio and k."""
+    """The parameter of one gate case: which model, ratio and k (both None: the model's grid test)."""
 
     model: str
-    ratio: float
-    k: int
+    ratio: float | None
+    k: int | None
+
+    @property
+    def is_grid(self) -> bool:
+        """True for the case that tests the model's grid as a whole."""
+        return self.ratio is None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize every test that uses ``gate_cell`` with the configured model x ratio x k grid."""
+    """Parametrize every test that uses ``gate_cell`` with the configured model x ratio x k grid, plus one
+    ``<model>-grid`` case per model (the pooled test of the whole grid)."""
     if "gate_cell" not in metafunc.fixturenames:
         return
     from cxr_robust.gate import cell_id
 
     options = _session(metafunc.config).options
-    params = [pytest.param(CellParam(m, r, k), id=cell_id(m, r, k), marks=[pytest.mark.xdist_group(m)])
-              for m in options.models for r in options.ratios for k in options.ks]
+    params = []
+    for m in options.models:
+        params.append(pytest.param(CellParam(m, None, None), id=f"{m}-grid", marks=[pytest.mark.xdist_group(m)]))
+        params += [pytest.param(CellParam(m, r, k), id=cell_id(m, r, k), marks=[pytest.mark.xdist_group(m)])
+                   for r in options.ratios for k in options.ks]
     metafunc.parametrize("gate_cell", params, indirect=True)
 
 
@@ -163,57 +236,71 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 class GateCell:
-    """What a gate test sees: the cell's verdicts and the assertions that state them in full."""
+    """What a gate test sees: the cell's (or the grid's) verdicts and the assertions that state them in full."""
 
     def __init__(self, param: CellParam, run: "ModelRun", session: "GateSession") -> None:
         self.param = param
         self.run = run
         self.session = session
-        self.decision: "CellDecision" = run.decisions[(param.ratio, param.k)]
+        # a CellDecision, or the model's GridDecision for the grid case
+        self.decision: Any = run.grid if param.is_grid else run.decisions[(param.ratio, param.k)]
 
     @property
     def measured(self) -> float:
-        """Measured Recall@k (fraction)."""
+        """Measured Recall@k (fraction); for the grid case, the mean over its cells."""
         return self.decision.measured
 
     def _numbers(self) -> str:
         d = self.decision
         base = "none" if d.baseline is None else f"{100 * d.baseline:.2f}%"
-        tol = "n/a" if d.tolerance is None else f"{100 * d.tolerance:.2f} pp"
-        return (f"measured Recall@{d.k} = {100 * d.measured:.2f}%, baseline {base}, tolerance {tol}, "
+        if self.param.is_grid:
+            return (f"grid-mean Recall = {100 * d.measured:.2f}% over {d.n_cells} compared cells, baseline {base}, "
+                    f"chance {100 * d.chance:.2f}%, M = {d.n_queries} images")
+        tol = "" if d.tolerance is None else f", tolerance {100 * d.tolerance:.2f} pp"
+        return (f"measured Recall@{d.k} = {100 * d.measured:.2f}%, baseline {base}{tol}, "
                 f"chance {100 * d.chance:.2f}% (k/N), N = {d.n_candidates} reports, M = {d.n_queries} images")
 
+    def _where(self) -> str:
+        if self.param.is_grid:
+            return f"{self.param.model}: the grid as a whole"
+        return f"{self.param.model} at {100 * self.param.ratio:g}% occlusion, k = {self.param.k},"
+
     def check_baseline(self) -> None:
-        """Fail when the measured value is significantly below its baseline under the gate rule."""
+        """Fail when the value is significantly below its baseline, or when it has no baseline at all
+        (unless ``--cxr-allow-missing-baseline``: then the case is skipped as NOT COMPARED)."""
+        from cxr_robust import verdicts
+
         d, o = self.decision, self.session.options
-        if o.update_baselines:
-            assert 0.0 <= d.measured <= 1.0, f"{self.param}: Recall@k {d.measured} outside [0, 1]"
+        state = verdicts.cell_state({**d.as_dict(), "chance_passed": True}, o.effective())
+        if state == verdicts.RECORDED:
+            assert 0.0 <= d.measured <= 1.0, f"{self.param}: Recall {d.measured} outside [0, 1]"
             return
-        if d.baseline is None:
+        if state in (verdicts.MISSING, verdicts.NOT_COMPARED):
             row = self.session.baseline_row(self.param.model, self.run.result)
-            _skip_or_fail(f"no baseline row {row!r} for dataset {self.session.dataset_name()!r} in "
-                          f"{o.baselines_dir}/*.csv; record one with --update-baselines", o.require_all)
-        where = f"{self.param.model} at {100 * d.ratio:g}% occlusion regressed"
-        verdict = f"Holm-adjusted p = {d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})"
+            reason = (f"no baseline row {row!r} for dataset {self.session.dataset_name()!r} in "
+                      f"{o.baselines_dir}/*.csv or {o.baselines_dir}/ranks/; record one with "
+                      f"`pytest -m robustness --cxr-models {self.param.model} --update-baselines` (same dataset "
+                      "options)")
+            if state == verdicts.NOT_COMPARED:
+                pytest.skip(f"NOT COMPARED (--cxr-allow-missing-baseline): {reason}")
+            pytest.fail(f"{self._where()} was not compared: {reason}; or pass --cxr-allow-missing-baseline to "
+                        "report such cells as NOT COMPARED", pytrace=False)
+        verdict = f"adjusted p = {d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})"
         paired = d.extras.get("paired")
         if paired:
-            assert d.passed, (f"{where} against the reference run {self.run.baseline_source}: {self._numbers()}; "
-                              f"{paired['b']:g} queries lost the hit, {paired['c']:g} gained it; {verdict}")
-        else:
-            assert d.passed, (f"{where}: {self._numbers()}; difference {100 * (d.measured - d.baseline):+.2f} pp, "
+            assert d.passed, (f"{self._where()} regressed against the recorded run {self.run.baseline_source}: "
+                              f"{self._numbers()}; {paired['b']:g} queries lost the hit, {paired['c']:g} gained it; "
                               f"{verdict}")
+        else:
+            assert d.passed, (f"{self._where()} regressed: {self._numbers()}; difference "
+                              f"{100 * (d.measured - d.baseline):+.2f} pp; {verdict}")
 
     def check_chance(self) -> None:
-        """Fail when a clearly-above-chance cell is not clearly above chance, or any cell is clearly below."""
+        """Fail when the value is clearly below chance (k/N), which means broken scoring or a broken index."""
         d = self.decision
-        if d.chance_mode == "above":
-            assert d.chance_passed, (f"{self.param.model} at {100 * d.ratio:g}% occlusion is no longer clearly "
-                                     f"above chance (its baseline is): {self._numbers()}; exact binomial p = "
-                                     f"{d.chance_p:.2g} >= {self.session.options.alpha}")
-        else:
-            assert d.chance_passed, (f"{self.param.model} at {100 * d.ratio:g}% occlusion is clearly BELOW chance, "
-                                     f"which means scoring or the report index is broken: {self._numbers()}; "
-                                     f"Holm-adjusted p = {d.chance_p_adjusted:.2g}")
+        assert d.chance_passed, (f"{self._where()} is clearly BELOW chance, which means scoring or the report "
+                                 f"index is broken: {self._numbers()}; adjusted p = {d.chance_p_adjusted:.2g} < alpha "
+                                 f"{self.session.options.alpha}")
 
 
 class UnavailableCell:
@@ -226,12 +313,6 @@ class UnavailableCell:
         pytest.fail(self.reason, pytrace=False)
 
     check_chance = check_baseline
-
-
-def _skip_or_fail(reason: str, require_all: bool) -> None:
-    if require_all:
-        pytest.fail(f"--require-all: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -250,7 +331,11 @@ def gate_cell(request: pytest.FixtureRequest, cxr_gate: "GateSession") -> GateCe
         if cxr_gate.options.require_all:  # fail in the test itself (a failure, not a setup error)
             return UnavailableCell(f"--require-all: {param.model}: {reason}")  # type: ignore[return-value]
         pytest.skip(f"{param.model}: {reason}")
+    from cxr_robust.gate import GateUsageError
+
     run = cxr_gate.run(param.model)
+    if isinstance(run.error, GateUsageError):  # a configuration that cannot work: one message, not 49 errors
+        pytest.exit(f"cxr-robust: {run.error}", returncode=pytest.ExitCode.USAGE_ERROR)
     if run.error is not None:
         pytest.fail(f"{param.model}: the sweep failed: {type(run.error).__name__}: {run.error}", pytrace=False)
     cell = GateCell(param, run, cxr_gate)
@@ -280,6 +365,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
                                                                  f"{escape(cell._numbers())}</div>")]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, controller side: tell each worker whether loadgroup scheduling is on."""
+    node.workerinput["cxr_robust_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
+
+
 def _parts_dir(config: pytest.Config) -> Path:
     return Path(_session(config).options.report_dir) / ".xdist-parts"
 
@@ -299,61 +390,102 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the results and HTML report (and baselines with --update-baselines) once per run.
 
-    Under pytest-xdist each worker writes its models' results to a part file and the controller merges them.
+    Under pytest-xdist each worker writes its models' results to a part file (and their ranks straight into
+    the report directory) and the controller merges the parts. Baselines are recorded only from a run that
+    finished with every test passing; an output that cannot be written makes the run fail with one line.
     """
     config = session.config
-    from cxr_robust.atomic import atomic_write_text
+    from cxr_robust.atomic import OutputError, atomic_write_text
+    from cxr_robust.gate import BaselineUpdateRefused
     from cxr_robust.results import load_results, merge_documents
 
-    if _is_xdist_controller(config):
-        parts_dir = _parts_dir(config)
-        parts = [load_results(p) for p in sorted(parts_dir.glob("*.json"))]
-        if not parts:
-            return
-        doc = merge_documents(parts)
-        paths = _session(config).write_outputs(doc)
-        import shutil
-
-        shutil.rmtree(parts_dir, ignore_errors=True)
-        config.stash[_DOC_KEY] = doc
-        config.stash[_PATHS_KEY] = paths
-        return
+    problems: list[str] = []
+    config.stash[_PROBLEMS_KEY] = problems
     gate = config.stash.get(_SESSION_KEY, None)
-    if gate is None or not (gate._runs or gate.skipped):
-        return
-    doc = gate.document()
-    config.stash[_DOC_KEY] = doc
-    if hasattr(config, "workerinput"):
-        import json
+    try:
+        if _is_xdist_controller(config):
+            parts_dir = _parts_dir(config)
+            parts = [load_results(p) for p in sorted(parts_dir.glob("*.json"))]
+            if not parts:
+                return
+            doc = merge_documents(parts)
+            config.stash[_DOC_KEY] = doc
+            paths = _session(config).write_outputs(doc)
+            import shutil
 
-        worker = config.workerinput.get("workerid", "worker")
-        atomic_write_text(_parts_dir(config) / f"{worker}.json", json.dumps(doc, default=str))
-        return
-    paths = gate.write_outputs(doc)
-    if gate.options.update_baselines:
-        paths.update({f"baseline {i}": p for i, p in enumerate(gate.update_baselines(), start=1)})
-    config.stash[_PATHS_KEY] = paths
+            shutil.rmtree(parts_dir, ignore_errors=True)
+            config.stash[_PATHS_KEY] = paths
+            return
+        if gate is None or not (gate._runs or gate.skipped):
+            return
+        doc = gate.document()
+        config.stash[_DOC_KEY] = doc
+        if hasattr(config, "workerinput"):
+            import json
+
+            worker = config.workerinput.get("workerid", "worker")
+            gate.save_ranks(gate.options.report_dir)
+            atomic_write_text(_parts_dir(config) / f"{worker}.json", json.dumps(doc, default=str))
+            return
+        paths = gate.write_outputs(doc)
+        config.stash[_PATHS_KEY] = paths
+        if gate.options.update_baselines:
+            if exitstatus != pytest.ExitCode.OK:
+                raise BaselineUpdateRefused("--update-baselines: nothing recorded, because the run did not finish "
+                                            f"cleanly (pytest exit status {int(exitstatus)}); fix the failures and "
+                                            "record again")
+            written, lines = gate.update_baselines()
+            paths.update({f"baseline {i}": p for i, p in enumerate(written, start=1)})
+            config.stash[_UPDATE_KEY] = lines
+    except BaselineUpdateRefused as exc:
+        problems.append(str(exc))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    except OutputError as exc:
+        problems.append(f"cannot write the gate's outputs: {exc}")
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 _PATHS_KEY: "pytest.StashKey[dict[str, Path]]" = pytest.StashKey()
 _DOC_KEY: "pytest.StashKey[dict[str, Any]]" = pytest.StashKey()
+_PROBLEMS_KEY: "pytest.StashKey[list[str]]" = pytest.StashKey()
+_UPDATE_KEY: "pytest.StashKey[list[str]]" = pytest.StashKey()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Say where the report is and which models were skipped, and how to enable them."""
+    """The verdict, one line per model (compared / failed / not compared), skipped models and how to enable
+    them, what a baseline update changed, and where the report is."""
+    from cxr_robust import verdicts
+
     doc = config.stash.get(_DOC_KEY, None)
-    if doc is None or hasattr(config, "workerinput"):
+    problems = config.stash.get(_PROBLEMS_KEY, [])
+    if (doc is None and not problems) or hasattr(config, "workerinput"):
         return
     tr = terminalreporter
     tr.section("cxr-robust")
-    for m in doc["models"]:
-        if m["status"] == "measured":
-            meta, counts = m["meta"], m["meta"]["dataset_counts"]
-            failed = sum(1 for c in m["cells"] if c.get("passed") is False or not c.get("chance_passed", True))
-            tr.write_line(f"{m['model']}: {len(m['cells'])} cells on {meta['dataset']} ({counts['images']} images, "
-                          f"{counts['studies']} reports), {failed} failing; {meta['text_encodings']} report texts "
-                          f"encoded this run; sweep {meta['timings']['total_s']:.1f}s on {meta['device']}")
-        else:
-            tr.write_line(f"{m['model']}: {m['status']}: {m['reason']}")
+    if doc is not None:
+        verdict, _ = verdicts.run_verdict(doc)
+        markup = {"PASS": {"green": True}, "FAIL": {"red": True}}.get(verdict, {"yellow": True})
+        tr.write_line(f"gate verdict: {verdict}", bold=True, **markup)
+        cfg = doc.get("config") or {}
+        for m in doc["models"]:
+            if m["status"] == "measured":
+                meta, counts = m["meta"], m["meta"]["dataset_counts"]
+                t = verdicts.model_tally(m, cfg)
+                parts = [f"{t['compared']} compared", f"{t['failed'] + t['missing']} failed",
+                         f"{t['not_compared']} not compared"] + ([f"{t['recorded']} recorded"] if t["recorded"] else [])
+                against = {"paired": "paired against", "unpaired": "unpaired against"}.get(m.get("mode") or "")
+                source = f" ({against} {m.get('baseline_source')})" if against else ""
+                grid = " (grid test FAILED)" if t["grid_failed"] else ""
+                tr.write_line(
+                    f"{m['model']}: {verdicts.model_verdict(m, cfg)}{grid}: {t['cells']} cells on {meta['dataset']} "
+                    f"({counts['images']} images, {counts['studies']} reports): {', '.join(parts)}{source}; "
+                    f"{meta['text_encodings']} report texts encoded this run; sweep {meta['timings']['total_s']:.1f}s "
+                    f"on {meta['device']}")
+            else:
+                tr.write_line(f"{m['model']}: {m['status']}: {m['reason']}")
+    for line in config.stash.get(_UPDATE_KEY, []):
+        tr.write_line(line)
+    for problem in problems:
+        tr.write_line(problem, red=True, bold=True)
     for kind, path in config.stash.get(_PATHS_KEY, {}).items():
         tr.write_line(f"{kind}: {path}")

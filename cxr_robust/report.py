@@ -20,6 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cxr_robust import verdicts
 from cxr_robust.atomic import atomic_write_text
 from cxr_robust.results import PAPER_COUNTS
 
@@ -147,62 +148,57 @@ def _kv_table(items: dict, credentialed: bool, cls: str = "kv") -> str:
 
 
 # ----- cells and verdicts -----------------------------------------------------------------------------------
-def cell_state(cell: dict) -> str:
-    """``fail`` (regression or chance check failed), ``nobase`` (nothing to compare with) or ``pass``.
-
-    Mirrors the pytest plugin: a cell's tests fail when ``passed is False`` or ``chance_passed`` is false.
-    """
-    if cell.get("passed") is False or cell.get("chance_passed") is False:
-        return "fail"
-    if cell.get("baseline") is None:
-        return "nobase"
-    return "pass"
+_CSS_CLASS = {verdicts.PASS: "pass", verdicts.FAIL: "fail", verdicts.MISSING: "fail",
+              verdicts.NOT_COMPARED: "nobase", verdicts.RECORDED: "nobase"}
 
 
-def model_tally(model: dict) -> dict[str, int]:
-    """Counts of a model's cells by state, plus chance-check failures."""
-    cells = [c for c in model.get("cells") or [] if isinstance(c, dict)]
-    states = [cell_state(c) for c in cells]
-    return {"cells": len(cells), "passed": states.count("pass"), "failed": states.count("fail"),
-            "no_baseline": states.count("nobase"),
-            "chance_failed": sum(1 for c in cells if c.get("chance_passed") is False)}
+def cell_state(cell: dict, config: dict | None = None) -> str:
+    """The state the run recorded for ``cell`` (``results.json``), else decided now by :mod:`verdicts`."""
+    return cell.get("state") or verdicts.cell_state(cell, config or {})
+
+
+def model_tally(model: dict, config: dict | None = None) -> dict[str, int]:
+    """Counts of a model's cells by state (see :func:`cxr_robust.verdicts.model_tally`)."""
+    return model.get("tally") or verdicts.model_tally(model, config or {})
+
+
+def _annotated(doc: dict) -> dict:
+    """``doc`` with every verdict written in (a copy, for documents that predate recorded states)."""
+    if doc.get("verdict"):
+        return doc
+    import copy
+
+    return verdicts.annotate(copy.deepcopy(doc))
 
 
 def overall_verdict(doc: dict) -> tuple[str, list[str]]:
-    """``PASS``, ``FAIL`` or ``NOTHING MEASURED``, and the lines that explain it."""
-    models = _models(doc)
-    require_all = bool(_dict(doc.get("config")).get("require_all"))
-    why: list[str] = []
-    failing = nobase = 0
-    for m in models:
-        name, status = m.get("model", "?"), m.get("status")
-        if status == "error":
-            why.append(f"{name}: error while running (every cell of it fails)")
-        elif status == "measured":
-            t = model_tally(m)
-            failing += t["failed"]
-            nobase += t["no_baseline"]
-            if t["failed"]:
-                why.append(f"{name}: {t['failed']} of {t['cells']} cells failing")
-            if t["no_baseline"]:
-                why.append(f"{name}: {t['no_baseline']} cells have no baseline (not compared)"
-                           + (" — a failure under require_all" if require_all else ""))
-        elif status == "skipped":
-            why.append(f"{name}: skipped" + (" — a failure under require_all" if require_all else ""))
-    measured = [m for m in models if m.get("status") == "measured"]
-    skipped = any(m.get("status") == "skipped" for m in models)
-    errored = any(m.get("status") == "error" for m in models)
-    if failing or errored or (require_all and (skipped or nobase)):
-        return "FAIL", why
-    if not measured:
-        return "NOTHING MEASURED", why or ["no model was configured"]
-    return "PASS", why
+    """The run's verdict and its reasons, as the run recorded them (or decided now for older documents)."""
+    if doc.get("verdict"):
+        return doc["verdict"], list(doc.get("verdict_reasons") or [])
+    return verdicts.run_verdict(doc)
+
+
+def _grid_word(model: dict) -> str:
+    grid = _dict(model.get("grid"))
+    if not grid:
+        return "—"
+    return verdicts.STATE_LABELS.get(grid.get("state") or "", "—")
+
+
+def _grid_sentence(model: dict) -> str:
+    """One sentence on the pooled test of the model's whole grid."""
+    grid = _dict(model.get("grid"))
+    if not grid or not grid.get("n_cells"):
+        return "Grid test: nothing to compare."
+    return (f"Grid test ({grid.get('mode')}): mean Recall over {grid.get('n_cells')} cells "
+            f"{_pct(grid.get('measured'))} vs baseline {_pct(grid.get('baseline'))}, adjusted p = "
+            f"{_num(grid.get('p_adjusted'))}: {verdicts.STATE_LABELS.get(grid.get('state') or '', '?')}.")
 
 
 # ----- header -----------------------------------------------------------------------------------------------
 def _header(doc: dict) -> str:
     verdict, why = overall_verdict(doc)
-    cls = {"PASS": "v-pass", "FAIL": "v-fail"}.get(verdict, "v-none")
+    cls = {"PASS": "v-pass", "FAIL": "v-fail"}.get(verdict, "v-none")  # NOT COMPARED is never green
     config = _dict(doc.get("config"))
     notes = "".join(f"<li>{_e(w)}</li>" for w in why)
     extra = ""
@@ -223,22 +219,22 @@ def _overview(doc: dict) -> str:
     for i, m in enumerate(_models(doc)):
         status = m.get("status", "?")
         if status == "measured":
-            t = model_tally(m)
-            verdict = "FAIL" if t["failed"] else "PASS"
+            t = model_tally(m, _dict(doc.get("config")))
+            verdict = m.get("verdict") or verdicts.model_verdict(m, _dict(doc.get("config")))
             nums = (f"<td class=num>{t['cells']}</td><td class=num>{t['passed']}</td>"
-                    f"<td class=num>{t['failed']}</td><td class=num>{t['no_baseline']}</td>"
-                    f"<td class=num>{t['chance_failed']}</td>")
+                    f"<td class=num>{t['failed'] + t['missing']}</td><td class=num>{t['not_compared']}</td>"
+                    f"<td class=num>{t['chance_failed']}</td><td>{_e(_grid_word(m))}</td>")
         else:
             verdict = "FAIL" if status == "error" else "—"
-            nums = "<td class=num>—</td>" * 5
+            nums = "<td class=num>—</td>" * 5 + "<td>—</td>"
         cls = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "nobase")
         rows.append(f"<tr><td><a href='#{_anchor(m, i)}'>{_e(m.get('model', '?'))}</a></td><td>{_e(status)}</td>"
                     f"{nums}<td class={cls}>{_e(verdict)}</td></tr>")
     if not rows:
         return "<p class=muted>No model in this run.</p>"
     return ("<h3>Models</h3><table><tr><th>model</th><th>status</th><th class=num>cells</th>"
-            "<th class=num>passed</th><th class=num>failed</th><th class=num>no baseline</th>"
-            "<th class=num>chance check failed</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
+            "<th class=num>passed</th><th class=num>failed</th><th class=num>not compared</th>"
+            "<th class=num>chance check failed</th><th>grid test</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
 
 
 def _anchor(model: dict, index: int) -> str:
@@ -310,12 +306,13 @@ def _axes(cells: Sequence[dict]) -> tuple[list, list]:
 def _cell_title(c: dict) -> str:
     """Tooltip: every number behind the cell's verdict."""
     tol = c.get("tolerance")
+    paired = _dict(_dict(c.get("extras")).get("paired"))
+    test = (f"paired: {_num(paired.get('b'))} queries lost the hit, {_num(paired.get('c'))} gained it"
+            if paired else f"tolerance {'±' + format(100 * tol, '.2f') + ' pp' if _is_num(tol) else '—'}")
     parts = [f"Recall@{c.get('k')} at {_ratio_label(c.get('ratio'))} % occlusion",
-             f"measured {_pct(c.get('measured'))}, baseline {_pct(c.get('baseline'))}",
-             f"tolerance {'±' + format(100 * tol, '.2f') + ' pp' if _is_num(tol) else '—'}",
-             f"Holm-adjusted p = {_num(c.get('p_adjusted'))}",
-             f"chance k/N = {_pct(c.get('chance'), 3)} (mode {c.get('chance_mode', '?')}, "
-             f"adjusted p = {_num(c.get('chance_p_adjusted'))}, "
+             f"measured {_pct(c.get('measured'))}, baseline {_pct(c.get('baseline'))}", test,
+             f"family-adjusted p = {_num(c.get('p_adjusted'))}",
+             f"chance k/N = {_pct(c.get('chance'), 3)} (adjusted p = {_num(c.get('chance_p_adjusted'))}, "
              f"{'passed' if c.get('chance_passed', True) else 'FAILED'})",
              f"N = {_num(c.get('n_candidates'))} candidate reports, M = {_num(c.get('n_queries'))} query images"]
     return "; ".join(parts)
@@ -325,14 +322,14 @@ def _grid_cell(c: dict | None) -> str:
     if c is None:
         return "<td class=missing><span class=muted>not run</span></td>"
     state = cell_state(c)
+    css = _CSS_CLASS.get(state, "nobase")
     base = c.get("baseline")
     diff = c["measured"] - base if _is_num(base) and _is_num(c.get("measured")) else None
     badge = ""
     if c.get("chance_passed") is False:
-        word = "not above chance" if c.get("chance_mode") == "above" else "below chance"
-        badge = f"<span class=badge>{_e(word)}</span>"
-    verdict = {"pass": "pass", "fail": "FAIL", "nobase": "no baseline"}[state]
-    return (f"<td class={state} title='{_e(verdict + ': ' + _cell_title(c))}'>"
+        badge = "<span class=badge>below chance</span>"
+    verdict = verdicts.STATE_LABELS.get(state, state)
+    return (f"<td class={css} title='{_e(verdict + ': ' + _cell_title(c))}'>"
             f"<div class=meas>{_e(_pct(c.get('measured')))}{badge}</div>"
             f"<div class=base>base {_e(_pct(base))}</div><div class=diff>{_e(_pp(diff))}</div></td>")
 
@@ -442,7 +439,7 @@ def _k_series(k: int, colour: str, ratios: list, xs: dict, by: dict, y: Any, lef
         tip = (f"k={k}, {_ratio_label(r)} %: {_pct(c['measured'])} (baseline {_pct(c.get('baseline'))}, "
                f"{cell_state(c)})")
         out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='3' fill='{colour}'><title>{_e(tip)}</title></circle>")
-        if cell_state(c) == "fail":
+        if cell_state(c) in verdicts.FAILING_STATES:
             out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='7' fill='none' stroke='#c62828' stroke-width='2'/>")
     return out
 
@@ -481,8 +478,9 @@ def _model_section(model: dict, index: int, credentialed: bool) -> str:
     meta = _dict(model.get("meta"))
     t = model_tally(model)
     head = (f"<h2 id='{_anchor(model, index)}'>{_e(model.get('model', '?'))}</h2>"
-            f"<p><b>{t['passed']}</b> passed · <b>{t['failed']}</b> failed · <b>{t['no_baseline']}</b> without "
-            f"baseline · {t['chance_failed']} chance check(s) failed, of {t['cells']} cells. "
+            f"<p><b>{t['passed']}</b> passed · <b>{t['failed'] + t['missing']}</b> failed "
+            f"({t['missing']} of them without a baseline) · <b>{t['not_compared']}</b> NOT COMPARED · "
+            f"{t['chance_failed']} chance check(s) failed, of {t['cells']} cells. {_e(_grid_sentence(model))} "
             f"Baseline row <span class=mono>{_e(model.get('baseline_row') or '—')}</span> from "
             f"<span class=mono>{_e(model.get('baseline_source') or 'no baseline table')}</span>; "
             f"text policy <span class=mono>{_e(model.get('text_policy') or meta.get('text_policy') or '—')}"
@@ -589,6 +587,10 @@ def _safe(render: Any, *args: Any) -> str:
 def render_report(doc: dict) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG, no script, no outside resource)."""
     doc = _dict(doc)
+    try:
+        doc = _annotated(doc)
+    except Exception:  # noqa: BLE001 - a damaged document still renders; each part falls back on its own
+        pass
     credentialed = bool(_dict(doc.get("dataset")).get("credentialed"))
     models = _models(doc)
     verdict, _ = overall_verdict(doc)

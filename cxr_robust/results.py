@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import subprocess
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from cxr_robust.atomic import atomic_open, atomic_write_text
+from cxr_robust.atomic import atomic_open, atomic_write_text, check_writable_dir
 from cxr_robust.metrics import RankCounts
 
 SCHEMA = "cxr-robust/results/1"
@@ -40,6 +41,10 @@ class ModelOutcome:
     meta: dict[str, Any] = field(default_factory=dict)
     cells: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, Any] | None = None
+    """The model's grid test (:class:`cxr_robust.stats.GridDecision` as a dict), when it was measured."""
+    mode: str | None = None
+    """How its cells were compared: ``paired`` (recorded per-query ranks), ``unpaired`` (a table) or ``none``."""
 
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
@@ -66,9 +71,15 @@ def merge_documents(parts: list[dict[str, Any]]) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     for part in parts:
         for m in part["models"]:
+            seen = models.get(m["model"])
             # a measured or errored entry beats a "skipped" one written by a worker that never ran the model
-            if m["model"] not in models or models[m["model"]]["status"] == "skipped":
+            if seen is None or seen["status"] == "skipped":
                 models[m["model"]] = m
+            elif seen["status"] == m["status"] == "measured":
+                # Two workers swept the same model (their cache made the results identical): each embedding
+                # was computed once between them, so the run's encoding counts are the sums.
+                for key in ("text_encodings", "image_encodings"):
+                    seen["meta"][key] = seen["meta"].get(key, 0) + m["meta"].get(key, 0)
         if part.get("dataset", {}).get("counts"):
             merged["dataset"] = part["dataset"]
     merged["models"] = list(models.values())
@@ -93,8 +104,13 @@ def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_results(directory: str | Path, doc: dict[str, Any]) -> dict[str, Path]:
-    """Write ``results.json`` and ``results.csv`` into ``directory``; returns their paths."""
+    """Write ``results.json`` and ``results.csv`` into ``directory``; returns their paths.
+
+    Raises :class:`~cxr_robust.atomic.OutputError` naming ``directory`` when it cannot hold them, before
+    either file is written.
+    """
     directory = Path(directory)
+    check_writable_dir(directory, "results directory")
     paths = {"json": directory / "results.json", "csv": directory / "results.csv"}
     atomic_write_text(paths["json"], json.dumps(doc, indent=1, sort_keys=False, default=_jsonable))
     buf = io.StringIO()
@@ -136,17 +152,71 @@ def save_ranks(path: str | Path, counts: dict[float, RankCounts], image_ids: lis
     return path
 
 
+class RanksFileError(ValueError):
+    """A per-query ranks file (``.npz``) that cannot be read: truncated, damaged, or not written by
+    :func:`save_ranks`. The message names the file and how to get a good one."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"ranks file {path} is truncated or not a ranks file ({problem}); re-record it with "
+                         "--update-baselines (or rerun `cxr-robust run`), or delete it")
+        self.path = Path(path)
+
+
 def load_ranks(path: str | Path) -> tuple[dict[float, RankCounts], list[str], dict[str, Any]]:
-    """Inverse of :func:`save_ranks`."""
-    with np.load(path, allow_pickle=False) as npz:
-        image_ids = [str(x) for x in npz["image_ids"]]
-        meta = json.loads(str(npz["meta"]))
-        counts = {}
-        for name in npz.files:
-            if name.startswith("above_"):
-                r = name[len("above_"):]
-                counts[float(r)] = RankCounts(npz[name], npz[f"ties_{r}"], int(npz[f"n_{r}"]))
+    """Inverse of :func:`save_ranks`.
+
+    A missing file raises ``FileNotFoundError``; a damaged one or one of another kind raises
+    :class:`RanksFileError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "a directory, not a file" if path.is_dir() else "missing"
+        raise FileNotFoundError(f"ranks file {path} is {what}; pass a ranks .npz written by --update-baselines or "
+                                "`cxr-robust run` (ranks/ of a results directory)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a plain .npy: np.load returned an array, not an archive
+            raise _Malformed("a single array, not an .npz archive")
+        with loaded as npz:
+            return _parse_ranks(npz)
+    except _Malformed as exc:
+        raise RanksFileError(path, str(exc)) from None
+    # np.load and zipfile raise any of these for a file cut short or of another format
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise RanksFileError(path, _load_problem(exc)) from None
+
+
+def _parse_ranks(npz: Any) -> tuple[dict[float, RankCounts], list[str], dict[str, Any]]:
+    """The contents of an opened ranks ``.npz``, checked for the arrays :func:`save_ranks` writes."""
+    absent = [name for name in ("image_ids", "meta") if name not in npz.files]
+    if absent:
+        raise _Malformed(f"no {' or '.join(repr(a) for a in absent)} array; holds {sorted(npz.files)[:6]}")
+    image_ids = [str(x) for x in npz["image_ids"]]
+    meta = json.loads(str(npz["meta"]))
+    if not isinstance(meta, dict):
+        raise _Malformed("its 'meta' is not a JSON object")
+    counts = {}
+    for name in npz.files:
+        if name.startswith("above_"):
+            r = name[len("above_"):]
+            above, ties = npz[name], npz[f"ties_{r}"]
+            if above.shape != (len(image_ids),) or ties.shape != (len(image_ids),):
+                raise _Malformed(f"ratio {r}: {above.shape[0] if above.ndim else 0} ranks for {len(image_ids)} images")
+            counts[float(r)] = RankCounts(above, ties, int(npz[f"n_{r}"]))
+    if not counts:
+        raise _Malformed("no per-ratio ranks in it")
     return dict(sorted(counts.items())), image_ids, meta
+
+
+def _load_problem(exc: BaseException) -> str:
+    """What np.load's error means for a ranks file (never numpy's advice to unpickle an unknown file)."""
+    if isinstance(exc, ValueError) and "pickle" in str(exc):
+        return "not an .npz archive; reading it would need unpickling, which is refused"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Malformed(ValueError):
+    """What is wrong inside a ranks file; :func:`load_ranks` turns it into a RanksFileError naming the file."""
 
 
 def _jsonable(obj: Any) -> Any:

@@ -8,22 +8,25 @@ The rule, in one place (it is printed in every failure message and in the report
   itself a sample (``b(1-b)/M_baseline``; true for the paper's table and for recorded runs), and the
   variance from the choice of occlusion seed (``seed_sd**2``). ``b`` is floored at ``0.5/M`` away from 0
   and 1 so a cell at 0 % or 100 % still has a tolerance.
-* **Family-wise control**: the p-values of all cells of one model form a family, adjusted with Holm's
-  step-down method; a cell fails when its adjusted p-value is below ``alpha`` (default 0.05). An unchanged
-  model therefore fails any cell with probability at most ``alpha``.
-* **Chance test, per cell**. chance = k/N. If the baseline is clearly above chance (its one-sided
-  Clopper-Pearson lower bound at level alpha/G exceeds k/N), the measurement must be clearly above chance
-  too (exact binomial test at level alpha); otherwise the measurement must not be clearly below chance
-  (exact binomial test, Holm-adjusted over those cells): that would mean broken scoring, e.g. reversed
-  similarities. A row at chance level (the paper's CLIP) is thus tested, and fails only when it is
-  significantly worse than random.
+* **Paired test, per cell** (the default wherever recorded per-query ranks of the same model row, dataset
+  and queries exist; :mod:`cxr_robust.paired`): exact McNemar / sign-flip test on the per-query hits.
+* **Grid test, per model**: the mean Recall over all compared cells, tested with the per-query evidence
+  pooled (paired t-test on each query's mean hit difference; unpaired: a z-test). A small regression spread
+  over many cells is invisible cell by cell but clear in the pooled test.
+* **Chance test, per cell and for the grid** (H0: recall >= chance, k/N): fails only when a value is
+  clearly *below* chance (exact binomial; t-test for the grid), which means broken scoring. A cell that
+  falls from far above chance to chance is a large regression, caught by the regression tests.
+* **Family-wise control**: every test of one model (grid, cells, chance) is one family, adjusted with the
+  weighted Holm procedure (:data:`FAMILY_WEIGHTS`); a test fails when its adjusted p-value is below
+  ``alpha`` (default 0.05). An unchanged model therefore fails any of its tests with probability at most
+  ``alpha``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -81,6 +84,12 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
+FAMILY_WEIGHTS: dict[str, float] = {"grid": 0.45, "grid_chance": 0.05, "cells": 0.40, "chance": 0.10}
+"""How a model's family-wise error rate ``alpha`` is shared between its tests (weighted Holm). The grid test
+pools every cell's per-query evidence, so it gets the largest share: it is what detects a small regression
+spread over the whole grid. Each part's share is split equally between its cells."""
+
+
 @dataclass(frozen=True)
 class GateRule:
     """Parameters of the decision rule described in this module's docstring."""
@@ -89,13 +98,19 @@ class GateRule:
     baseline_is_sample: bool = True
     seed_sd: float = 0.0
 
-    def describe(self) -> str:
-        """One line stating the rule, for failure messages and reports."""
+    def describe(self, mode: str = "unpaired") -> str:
+        """One line stating the rule, for failure messages and reports (``mode``: paired or unpaired)."""
+        family = (f"weighted Holm over the model's tests (grid {FAMILY_WEIGHTS['grid']:g}, cells "
+                  f"{FAMILY_WEIGHTS['cells']:g}, chance {FAMILY_WEIGHTS['chance'] + FAMILY_WEIGHTS['grid_chance']:g} "
+                  f"of alpha={self.alpha}); fail if adjusted p < alpha")
+        if mode == "paired":
+            return (f"paired: exact McNemar / sign-flip test per cell and a paired t-test of the grid's mean "
+                    f"recall on the same queries against the recorded per-query ranks, one-sided; {family}")
         parts = "b(1-b)/M" + (" + b(1-b)/M_base" if self.baseline_is_sample else "")
         if self.seed_sd:
             parts += f" + {self.seed_sd:.4f}^2"
-        return (f"one-sided z-test, se = sqrt({parts}), Holm-adjusted over the model's grid, "
-                f"fail if adjusted p < alpha={self.alpha}")
+        return (f"unpaired (against a published aggregate): one-sided z-test per cell, se = sqrt({parts}), and "
+                f"a z-test of the grid's mean recall; {family}")
 
 
 @dataclass(frozen=True)
@@ -112,8 +127,32 @@ class CellInput:
     baseline_n_queries: int | None = None
 
 
+@dataclass(kw_only=True)
+class TestOutcome:
+    """The p-values and verdicts of a regression test and its chance test (shared by cells and grids).
+
+    ``p_value`` / ``chance_p`` are raw one-sided p-values; the ``*_adjusted`` ones are after the model's
+    family-wise adjustment (:func:`apply_family`). ``passed`` is None when there is nothing to compare with.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    passed: bool | None = None
+    chance_p: float = 1.0
+    chance_p_adjusted: float = 1.0
+    chance_passed: bool = True
+    rule: str = ""
+    extras: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
 @dataclass
-class CellDecision:
+class CellDecision(TestOutcome):
     """The gate's verdict on one cell, with every number the failure message needs."""
 
     model: str
@@ -124,21 +163,27 @@ class CellDecision:
     n_candidates: int
     chance: float
     baseline: float | None
+    baseline_n_queries: int | None = None
     se: float | None = None
     tolerance: float | None = None
-    p_value: float | None = None
-    p_adjusted: float | None = None
-    passed: bool | None = None
     chance_mode: str = "not-below"
-    chance_p: float = 1.0
-    chance_p_adjusted: float = 1.0
-    chance_passed: bool = True
-    rule: str = ""
-    extras: dict = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
-        """JSON-serialisable form."""
-        return asdict(self)
+
+@dataclass
+class GridDecision(TestOutcome):
+    """The grid test of one model: is the mean Recall over its compared cells significantly lower?
+
+    ``measured`` / ``baseline`` are grid means (fractions) over the ``n_cells`` cells that have a baseline;
+    ``chance`` is the mean of their k/N.
+    """
+
+    model: str
+    mode: str
+    measured: float
+    baseline: float | None
+    chance: float
+    n_cells: int
+    n_queries: int
 
 
 def _se(cell: CellInput, rule: GateRule) -> float:
@@ -152,46 +197,135 @@ def _se(cell: CellInput, rule: GateRule) -> float:
     return math.sqrt(var + rule.seed_sd ** 2)
 
 
-def decide(cells: Sequence[CellInput], rule: GateRule = GateRule()) -> list[CellDecision]:
-    """Apply the rule to one model's grid (the Holm family) and return one decision per cell."""
+def weighted_holm(pvalues: Sequence[float], weights: Sequence[float]) -> np.ndarray:
+    """Adjusted p-values of the weighted Holm procedure (Holm 1979, weighted form), same order as the input.
+
+    Hypothesis ``i`` is rejected at level alpha exactly when its adjusted p-value is below alpha; the
+    family-wise error rate is at most alpha for any dependence between the tests. Equal weights give
+    :func:`holm`.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    if p.shape != w.shape:
+        raise ValueError(f"{p.size} p-values but {w.size} weights")
+    if p.size == 0:
+        return p.copy()
+    if np.any(w <= 0):
+        raise ValueError("weights must be positive")
+    order = np.lexsort((np.arange(p.size), p / w))
+    remaining = w.sum() - np.concatenate(([0.0], np.cumsum(w[order])[:-1]))
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * remaining / w[order]))
+    out = np.empty(p.size)
+    out[order] = adjusted
+    return out
+
+
+def chance_p(measured: float, n_queries: int, chance: float) -> float:
+    """p-value of "the cell is clearly BELOW chance" (exact binomial, H0: recall >= k/N)."""
+    return p_at_most(measured, n_queries, chance)
+
+
+def decide(cells: Sequence[CellInput], rule: GateRule = GateRule(),
+           grid: GridDecision | None = None) -> list[CellDecision]:
+    """Raw p-values of each cell's tests (unpaired z-test; chance) and the model's family-wise verdicts.
+
+    ``grid`` (optional) joins the same family; see :func:`apply_family`.
+    """
     from scipy.stats import norm
 
-    g = len(cells)
-    out = [CellDecision(model=c.model, ratio=c.ratio, k=c.k, measured=c.measured, n_queries=c.n_queries,
-                        n_candidates=c.n_candidates, chance=c.k / c.n_candidates, baseline=c.baseline,
-                        rule=rule.describe()) for c in cells]
-    # Regression against the baseline.
-    with_base = [i for i, c in enumerate(cells) if c.baseline is not None]
-    pvals = []
-    z_bonf = float(norm.ppf(1 - rule.alpha / max(len(with_base), 1)))
-    for i in with_base:
-        se = _se(cells[i], rule)
-        out[i].se = se
-        out[i].tolerance = z_bonf * se
-        out[i].p_value = float(norm.cdf((cells[i].measured - cells[i].baseline) / se))
-        pvals.append(out[i].p_value)
-    for i, p_adj in zip(with_base, holm(pvals) if pvals else []):
-        out[i].p_adjusted = float(p_adj)
-        out[i].passed = bool(p_adj >= rule.alpha)
-    # Relation to chance. Only "not-below" failures are false alarms under H0, so only that family is
-    # Holm-adjusted; an "above" cell passes when its own exact test rejects "recall <= chance".
-    below = []
-    for c, d in zip(cells, out):
-        mb = c.baseline_n_queries or c.n_queries
-        clearly_above = (c.baseline is not None
-                         and clopper_pearson(c.baseline, mb, 2 * rule.alpha / g)[0] > d.chance)
-        if clearly_above:
-            d.chance_mode = "above"
-            d.chance_p = d.chance_p_adjusted = p_at_least(c.measured, c.n_queries, d.chance)
-            d.chance_passed = bool(d.chance_p < rule.alpha)
-        else:
-            d.chance_mode = "not-below"
-            d.chance_p = p_at_most(c.measured, c.n_queries, d.chance)
-            below.append(d)
-    for d, p_adj in zip(below, holm([d.chance_p for d in below]) if below else []):
-        d.chance_p_adjusted = float(p_adj)
-        d.chance_passed = bool(p_adj >= rule.alpha)
+    g = max(1, sum(c.baseline is not None for c in cells))
+    z_cell = float(norm.ppf(1 - rule.alpha * FAMILY_WEIGHTS["cells"] / g))
+    out = []
+    for c in cells:
+        d = CellDecision(model=c.model, ratio=c.ratio, k=c.k, measured=c.measured, n_queries=c.n_queries,
+                         n_candidates=c.n_candidates, chance=c.k / c.n_candidates, baseline=c.baseline,
+                         baseline_n_queries=c.baseline_n_queries, rule=rule.describe())
+        if c.baseline is not None:
+            d.se = _se(c, rule)
+            d.tolerance = z_cell * d.se  # the Bonferroni bound of the cell's share: Holm is never stricter
+            d.p_value = float(norm.cdf((c.measured - c.baseline) / d.se))
+        d.chance_p = chance_p(c.measured, c.n_queries, d.chance)
+        out.append(d)
+    apply_family(out, grid, rule.alpha)
     return out
+
+
+def apply_family(cells: Sequence[CellDecision], grid: GridDecision | None, alpha: float) -> None:
+    """Adjust every test of one model together (weighted Holm, :data:`FAMILY_WEIGHTS`) and set the verdicts.
+
+    The family is: the grid test and its chance test (when ``grid`` is given), each cell's regression test
+    (cells with a baseline) and each cell's chance test. An unchanged model therefore fails *any* of its
+    tests with probability at most ``alpha``.
+    """
+    tests: list[tuple[Any, str, float, float]] = []  # (decision, which, p, weight)
+    regression = [d for d in cells if d.p_value is not None]
+    for d in regression:
+        tests.append((d, "p", d.p_value, FAMILY_WEIGHTS["cells"] / len(regression)))
+    for d in cells:
+        tests.append((d, "chance_p", d.chance_p, FAMILY_WEIGHTS["chance"] / len(cells)))
+    if grid is not None:
+        if grid.p_value is not None:
+            tests.append((grid, "p", grid.p_value, FAMILY_WEIGHTS["grid"]))
+        tests.append((grid, "chance_p", grid.chance_p, FAMILY_WEIGHTS["grid_chance"]))
+    if not tests:
+        return
+    adjusted = weighted_holm([t[2] for t in tests], [t[3] for t in tests])
+    for (d, which, _, _), p_adj in zip(tests, adjusted):
+        if which == "p":
+            d.p_adjusted, d.passed = float(p_adj), bool(p_adj >= alpha)
+        else:
+            d.chance_p_adjusted, d.chance_passed = float(p_adj), bool(p_adj >= alpha)
+
+
+def grid_test_paired(ref_hits: np.ndarray, cand_hits: np.ndarray) -> tuple[float, dict]:
+    """One-sided paired t-test that the candidate's grid-mean recall is lower than the reference's.
+
+    ``*_hits`` are ``(M, C)`` per-query hits of the same queries (rows) in the same cells (columns). Each
+    query's difference is averaged over the cells first, so the test pools the whole grid while the
+    dependence between cells of one query is kept. Returns ``(p, numbers)``.
+    """
+    ref_hits, cand_hits = np.asarray(ref_hits, float), np.asarray(cand_hits, float)
+    if ref_hits.shape != cand_hits.shape or ref_hits.ndim != 2 or ref_hits.shape[0] < 2:
+        raise ValueError(f"need two (M >= 2, C) hit matrices of equal shape, got {ref_hits.shape}, {cand_hits.shape}")
+    d = (ref_hits - cand_hits).mean(axis=1)
+    return _one_sided_t(d), {"diff": -float(d.mean()), "sd_query": float(d.std(ddof=1))}
+
+
+def grid_test_unpaired(cand_hits: np.ndarray, baseline_mean: float, n_baseline: int) -> tuple[float, dict]:
+    """One-sided z-test that the candidate's grid-mean recall is below a published grid mean.
+
+    The baseline is treated as an independent sample of ``n_baseline`` queries with the candidate's
+    per-query spread (the per-cell rule makes the same assumption).
+    """
+    from scipy.stats import norm
+
+    per_query = np.asarray(cand_hits, float).mean(axis=1)
+    m = per_query.size
+    var = float(per_query.var(ddof=1)) if m > 1 else 0.0
+    se = math.sqrt(var / m + var / max(n_baseline, 1))
+    diff = float(per_query.mean()) - baseline_mean
+    if se <= 0:
+        return (0.0 if diff < 0 else 1.0), {"diff": diff, "se": se}
+    return float(norm.cdf(diff / se)), {"diff": diff, "se": se}
+
+
+def grid_chance_p(cand_hits: np.ndarray, chances: np.ndarray) -> float:
+    """p-value of "the grid-mean recall is clearly BELOW the grid-mean chance level" (one-sided t-test)."""
+    per_query = np.asarray(cand_hits, float).mean(axis=1)
+    return _one_sided_t(float(np.mean(chances)) - per_query)
+
+
+def _one_sided_t(d: np.ndarray) -> float:
+    """p-value of H0 "mean(d) <= 0" against "mean(d) > 0" (one-sample t-test)."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(d, dtype=float)
+    m = d.size
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1)) if m > 1 else 0.0
+    if sd <= 1e-15:
+        return 0.0 if mean > 1e-12 else 1.0
+    return float(student_t.sf(mean / (sd / math.sqrt(m)), df=m - 1))
 
 
 # ----- resampling and per-cell seed spread (used by paired.py, summaries.py and the validation study) -------
@@ -264,22 +398,15 @@ def decide_per_cell(cells: Sequence[CellInput], rule: GateRule = GateRule(),
 
     out = decide(cells, rule)
     seed_sd = seed_sd or {}
-    parts = "b(1-b)/M" + (" + b(1-b)/M_base" if rule.baseline_is_sample else "") + " + seed_sd(ratio,k)^2"
-    text = (f"one-sided z-test, se = sqrt({parts}), Holm-adjusted over the model's grid, "
-            f"fail if adjusted p < alpha={rule.alpha}")
     with_base = [i for i, c in enumerate(cells) if c.baseline is not None]
-    z_bonf = float(norm.ppf(1 - rule.alpha / max(len(with_base), 1)))
-    pvals = []
+    z_cell = float(norm.ppf(1 - rule.alpha * FAMILY_WEIGHTS["cells"] / max(len(with_base), 1)))
     for i in with_base:
         c = cells[i]
         sd = float(seed_sd.get((c.ratio, c.k), rule.seed_sd))
         se = _se(c, GateRule(alpha=rule.alpha, baseline_is_sample=rule.baseline_is_sample, seed_sd=sd))
-        out[i].se, out[i].tolerance = se, z_bonf * se
+        out[i].se, out[i].tolerance = se, z_cell * se
         out[i].p_value = float(norm.cdf((c.measured - c.baseline) / se))
         out[i].extras["seed_sd"] = sd
-        out[i].rule = text
-        pvals.append(out[i].p_value)
-    for i, p_adj in zip(with_base, holm(pvals) if pvals else []):
-        out[i].p_adjusted = float(p_adj)
-        out[i].passed = bool(p_adj >= rule.alpha)
+        out[i].rule = rule.describe().replace("se = sqrt(", "se = sqrt(seed_sd(ratio,k)^2 + ")
+    apply_family(out, None, rule.alpha)
     return out

@@ -221,3 +221,59 @@ def build_fake_mimic(root: Path, studies: list[FakeStudy] | None = None, *, gz: 
         _write_csv(sectioned, ["study", "impression", "findings", "last_paragraph", "comparison"],
                    [[s.study, s.impression, s.findings, s.last_paragraph, s.comparison] for s in with_text])
     return FakeMimicExpectation(root=root, studies=tuple(studies), zip_path=zip_path, sectioned_path=sectioned)
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    """Every record of a (gzipped or plain) CSV, header included, as lists of strings."""
+    data = path.read_bytes()
+    text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode()
+    return [r for r in csv.reader(io.StringIO(text, newline=""))]
+
+
+def rewrite_csv(path: Path, records: list[list[str]]) -> None:
+    """Write ``records`` (the header is simply the first one, or absent) to ``path``, gzipped if ``.gz``."""
+    _write_csv(path, records[0], records[1:])
+
+
+def set_cell(path: Path, row: int, column: str, value: str) -> None:
+    """Set data row ``row`` (0-based, after the header) of ``column`` in the CSV at ``path``."""
+    records = read_rows(path)
+    records[1 + row][records[0].index(column)] = value
+    rewrite_csv(path, records)
+
+
+_RETRIEVAL_FINDINGS = ["Heart size is normal.", "Mild cardiomegaly.", "Small left pleural effusion.",
+                       "Right basilar atelectasis.", "Lines and tubes are unchanged.", "Hyperinflated lungs."]
+_RETRIEVAL_IMPRESSIONS = ["No acute process.", "Stable appearance.", "Possible early pneumonia.",
+                          "Interval improvement.", "Mild pulmonary edema."]
+
+
+def retrieval_studies(n: int) -> list[FakeStudy]:
+    """``n`` validate studies (at most 30) that all pass the evaluation filter, one PA image each.
+
+    Every report has a one-line FINDINGS and IMPRESSION and no two reports are equal, so the set is a small
+    retrieval benchmark (N = M = ``n``) for gate runs on a fake MIMIC-CXR tree.
+    """
+    combos = [(f, i) for i in _RETRIEVAL_IMPRESSIONS for f in _RETRIEVAL_FINDINGS]
+    if not 1 <= n <= len(combos):
+        raise ValueError(f"n must be in 1..{len(combos)}, got {n}")
+    return [FakeStudy(f"{10000200 + j}", f"s{53000000 + j}", "validate", ("PA",),
+                      mimic_text(("FINDINGS", f), ("IMPRESSION", i)), f, i)
+            for j, (f, i) in enumerate(combos[:n])]
+
+
+def write_pattern_images(exp: FakeMimicExpectation, size: int = 64, seed: int = 0) -> list[Path]:
+    """Overwrite every image of ``exp`` with a distinct blocky gray pattern (8x8 random cells upscaled to
+    ``size``), so images differ in content and not only in gray level; returns the paths in study order."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for s in exp.studies:
+        for j in range(len(s.views)):
+            cells = Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L")
+            path = exp.root / s.image_path(j)
+            cells.resize((size, size), Image.BILINEAR).save(path, format="JPEG", quality=95)
+            paths.append(path)
+    return paths

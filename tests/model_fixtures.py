@@ -353,3 +353,51 @@ class EvilOpen:
 
     def __reduce__(self) -> tuple:
         return (open, (str(self.marker), "w"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Tampering with archives (for the "nothing in a weights file runs" tests)
+
+def copy_zip_with(src: Path, dst: Path, transform: typing.Callable[[str, bytes], bytes | None]) -> Path:
+    """Copy the zip ``src`` to ``dst`` passing each member through ``transform(name, data)``.
+
+    ``transform`` returns the new bytes, or None to drop the member. Members are stored uncompressed,
+    as torch writes them.
+    """
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zout:
+        for name in zin.namelist():
+            data = transform(name, zin.read(name))
+            if data is not None:
+                zout.writestr(name, data)
+    return dst
+
+
+def pickle_str(text: str) -> bytes:
+    """The pickle opcode pushing ``text`` (BINUNICODE), for hand-built payloads."""
+    raw = text.encode("utf-8")
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+def pickle_call(module: str, name: str, *args: str | bool | int) -> bytes:
+    """Opcodes that call ``module.name(*args)`` and drop the result (GLOBAL, MARK, args, TUPLE, REDUCE, POP).
+
+    Spliced into a pickle right after its PROTO opcode, the call runs before anything else is read by an
+    ordinary unpickler, and the rest of the stream is unchanged.
+    """
+    parts = [f"c{module}\n{name}\n".encode(), b"("]
+    for arg in args:
+        if isinstance(arg, bool):
+            parts.append(b"\x88" if arg else b"\x89")
+        elif isinstance(arg, int):
+            parts.append(b"J" + arg.to_bytes(4, "little", signed=True))
+        else:
+            parts.append(pickle_str(arg))
+    parts.append(b"tR0")
+    return b"".join(parts)
+
+
+def splice_after_proto(data: bytes, opcodes: bytes) -> bytes:
+    """``data`` (a protocol-2+ pickle) with ``opcodes`` inserted right after its PROTO opcode."""
+    if data[:1] != b"\x80":
+        raise ValueError("not a protocol 2+ pickle")
+    return data[:2] + opcodes + data[2:]

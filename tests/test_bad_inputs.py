@@ -322,6 +322,32 @@ def test_unknown_model_name_suggests_the_closest(tmp_path: Path) -> None:
 # Non-finite embeddings
 
 
+def test_non_unit_embeddings_are_normalised_and_reported(small: RetrievalSet, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A model whose report embeddings come back scaled by 1..101 must rank exactly as by cosine similarity
+    (before: the long rows won, Recall fell far below the unit-norm model's, silently)."""
+    import torch
+
+    demo = load_model("phantom-clip")
+    plain = run_sweep(demo, small, CFG, EmbeddingCache(tmp_path / "plain"))
+    scaled_model = load_model("phantom-clip")
+    real = scaled_model.encode_texts
+
+    def scaled(texts: list[str]) -> torch.Tensor:
+        emb = real(texts)
+        return emb * torch.linspace(1.0, 101.0, emb.shape[0])[:, None]
+
+    scaled_model.encode_texts = scaled  # type: ignore[method-assign]
+    with caplog.at_level("WARNING"):
+        got = run_sweep(scaled_model, small, CFG, EmbeddingCache(tmp_path / "scaled"))
+    assert got.grid() == plain.grid()
+    for ratio in CFG.ratios:
+        assert np.array_equal(got.counts[ratio].above, plain.counts[ratio].above)
+    assert got.meta["contract_violations"] == {"not_unit_norm": {"text": small.num_studies - 1}}  # row 1 is x1
+    assert "not unit-norm" in caplog.text and "phantom-clip" in caplog.text
+    assert plain.meta["contract_violations"] == {}
+
+
 def test_nan_image_embeddings_name_the_model_and_first_ids(small: RetrievalSet, tmp_path: Path) -> None:
     import torch
 

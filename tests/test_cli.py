@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from cxr_robust.cli import EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, compare_documents, main
+from cxr_robust.exit_codes import MEANINGS
 from cxr_robust.metrics import RankCounts
 from cxr_robust.results import ModelOutcome, build_document, load_results, save_ranks, write_results
 from tests.fake_mimic import build_fake_mimic
@@ -65,7 +66,9 @@ def test_help_names_every_subcommand_with_examples(capsys: pytest.CaptureFixture
         sub = capsys.readouterr().out
         assert "examples:" in sub and f"cxr-robust {command}" in sub
     assert main(["run", "--help"]) == 0
-    assert "3 with --require-all" in capsys.readouterr().out
+    run_help = " ".join(capsys.readouterr().out.split())
+    for code, meaning in MEANINGS.items():  # the exit codes come from cxr_robust.exit_codes
+        assert f"{code} {meaning.replace('`', '')}" in run_help
     assert main([]) == EXIT_USAGE  # a subcommand is required
     assert main(["frobnicate"]) == EXIT_USAGE
 
@@ -114,7 +117,9 @@ def test_regression_exits_1_with_the_failing_cells(project: Path, tmp_path: Path
         w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    code = run(project, "--out", str(tmp_path / "out"), "--baselines", str(inflated))
+    # an empty baselines directory: no recorded ranks to pair with, so the (inflated) table is what gates
+    code = run(project, "--out", str(tmp_path / "out"), "--baselines", str(inflated),
+               "--baselines-dir", str(tmp_path / "no-recorded-ranks"))
     text = capsys.readouterr().out
     assert code == EXIT_FAILED, text
     assert "phantom-clip: 4 cells, 2 failing" in text and "FAIL occ0%" not in text
@@ -124,8 +129,12 @@ def test_regression_exits_1_with_the_failing_cells(project: Path, tmp_path: Path
 
 def test_unavailable_model_skips_or_exits_3_with_require_all(project: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(project, "--out", str(tmp_path), "--models", "clip") == EXIT_OK
+    assert run(project, "--out", str(tmp_path), "--models", "phantom-clip,clip") == EXIT_OK
     assert "clip: skipped: weights for 'clip' not found" in capsys.readouterr().out
+    # nothing measured at all is never a pass, even without --require-all
+    assert run(project, "--out", str(tmp_path), "--models", "clip") == EXIT_UNAVAILABLE
+    text = capsys.readouterr().out
+    assert "clip: skipped: weights for 'clip' not found" in text and "no model was measured" in text
     assert run(project, "--out", str(tmp_path), "--models", "phantom-clip,clip", "--require-all") == EXIT_UNAVAILABLE
     text = capsys.readouterr().out
     assert "clip: UNAVAILABLE: weights for 'clip' not found" in text
@@ -154,7 +163,7 @@ def test_sweep_error_exits_4(project: Path, tmp_path: Path, capsys: pytest.Captu
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--models", "phantom-clp"], "unknown model 'phantom-clp'; did you mean 'phantom-clip'?"),
-    (["--ratios", "0,120"], "command line: ratios are occluded area in percent"),
+    (["--ratios", "0,120"], "command line: --ratios are occluded area in percent"),
     (["--weights", "phantom-clip"], "weights expects MODEL=PATH"),
     (["--alpha", "1.5"], "alpha must be in (0, 1)"),
     (["--dataset", "mimic", "--mimic-root", "/nonexistent/mimic"],
@@ -171,7 +180,8 @@ def test_bad_pyproject_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "pyproject.toml").write_text("[tool.cxr_robust]\nratio = [0]\n")
     assert run(tmp_path) == EXIT_USAGE
     assert "unknown key 'ratio'; did you mean ratios?" in capsys.readouterr().err
-    assert run(tmp_path, "--no-pyproject", "--models", "clip", "--out", str(tmp_path / "o")) == EXIT_OK
+    # the table is ignored: clip is skipped (no weights here) and nothing is measured, so exit 3, not 2
+    assert run(tmp_path, "--no-pyproject", "--models", "clip", "--out", str(tmp_path / "o")) == EXIT_UNAVAILABLE
 
 
 # ----- report -----------------------------------------------------------------------------------------------------

@@ -62,11 +62,37 @@ def test_parse_layer_converts_what_people_write() -> None:
     ({"models": 3}, "models must be a list or a comma-separated string"),
     ({"require_all": "maybe"}, "require_all must be true or false"),
     ({"dataset": ["mimic"]}, "dataset must be a string"),
+    ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+    ({"data_seed": "-2"}, "data_seed must be a non-negative integer, got -2"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"phantom_studies": "0"}, "phantom_studies must be an integer >= 1, got 0"),
+    ({"alpha": 5}, "alpha must be in (0, 1), e.g. 0.05; got 5"),
+    ({"alpha": "0"}, "alpha must be in (0, 1)"),
+    ({"alpha": "nan"}, "alpha must be in (0, 1)"),
+    ({"text_policy": "findings_impression"},
+     "text_policy must be one of findings+impression, impression, longest; got 'findings_impression'"),
 ])
 def test_parse_layer_errors_name_source_and_key(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match="^where: ") as info:
         parse_layer(raw, "where")
     assert message in str(info.value)
+
+
+def test_parse_layer_names_options_as_the_source_spells_them() -> None:
+    labels = {"seed": "--seed", "ratios": "--ratios", "weights": "--weights", "alpha": "--alpha"}
+    for raw, message in (({"seed": "-1"}, "command line: --seed must be a non-negative integer, got -1"),
+                         ({"ratios": "0,120"}, "command line: --ratios are occluded area in percent"),
+                         ({"weights": ["clip"]}, "command line: --weights expects MODEL=PATH"),
+                         ({"alpha": "1.5"}, "command line: --alpha must be in (0, 1)")):
+        with pytest.raises(ConfigError) as info:
+            parse_layer(raw, "command line", labels=labels)
+        assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(ConfigError, match="^command line: --seed must be"):
+        build_gate_options(cli={"seed": "-1"}, environ={}, use_pyproject=False, cli_labels=labels)
+    # values at the edge of the range are accepted, and text policies are normalised
+    assert parse_layer({"seed": 0, "batch_size": 1, "phantom_studies": 1, "alpha": "0.999",
+                        "text_policy": "LONGEST"}, "x") == {"seed": 0, "batch_size": 1, "phantom_studies": 1,
+                                                              "alpha": 0.999, "text_policy": "longest"}
 
 
 # ----- pyproject -------------------------------------------------------------------------------------------------

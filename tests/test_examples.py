@@ -50,11 +50,12 @@ def test_example_gate_passes_under_pytest(pytester: pytest.Pytester, shared_cach
     shutil.copytree(EXAMPLE, pytester.path / "examples" / "custom_model",
                     ignore=shutil.ignore_patterns("__pycache__", "ranks"))
     csv = f"examples/custom_model/baselines/{BASELINE.name}"
+    # Path options with '=': after a space pytest would take them for test paths when choosing its rootdir.
     res = pytester.runpytest_subprocess("examples/custom_model", "-m", "robustness", "--cxr-models", TARGET,
-                                        "--cxr-baselines", csv, *GRID, "--cxr-cache-dir", str(shared_cache),
-                                        "--cxr-report", str(pytester.path / "report"), "-p", "no:cacheprovider")
-    res.assert_outcomes(passed=2 * len(RATIOS) * len(KS))
-    res.stdout.fnmatch_lines([f"*{TARGET}: 9 cells on {DATASET} (* images, 120 reports), 0 failing*"])
+                                        f"--cxr-baselines={csv}", *GRID, f"--cxr-cache-dir={shared_cache}",
+                                        f"--cxr-report={pytester.path / 'report'}", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=2 * (len(RATIOS) * len(KS) + 1))  # every cell and the grid case, two tests each
+    res.stdout.fnmatch_lines([f"*{TARGET}: PASS: 9 cells on {DATASET} (* images, 120 reports): 9 compared, 0 failed*"])
     doc = json.loads((pytester.path / "report" / "results.json").read_text())
     (model,) = doc["models"]
     assert model["model"] == TARGET and model["baseline_source"].endswith(BASELINE.name)

@@ -16,15 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.gate_project import GATE_TESTS
+
 pytest_plugins = ["pytester"]
 
-GATE_TESTS = '''
-def test_recall_not_below_baseline(gate_cell):
-    gate_cell.check_baseline()
-
-def test_recall_vs_chance(gate_cell):
-    gate_cell.check_chance()
-'''
 SMALL = ["--phantom-studies", "120", "--cxr-ratios", "0,9,81", "--cxr-ks", "5,10,50", "-p", "no:cacheprovider", "-rs"]
 
 
@@ -53,7 +48,7 @@ def run(p: GateProject, *args: str) -> pytest.RunResult:
 
 def record_baseline(p: GateProject) -> Path:
     res = run(p, "--cxr-models", "phantom-clip", "--update-baselines")
-    res.assert_outcomes(passed=18)
+    res.assert_outcomes(passed=20)  # 9 cells + the grid case, two tests each
     written = list((p.path / "baselines").glob("*.csv"))
     assert len(written) == 1, written
     return written[0]
@@ -67,8 +62,10 @@ def test_update_baselines_round_trip_then_pass(gate_dir: GateProject) -> None:
     ranks = list((gate_dir.path / "baselines" / "ranks").glob("*.npz"))
     assert len(ranks) == 1
     res = run(gate_dir, "--cxr-models", "phantom-clip")
-    res.assert_outcomes(passed=18)
-    res.stdout.fnmatch_lines(["*phantom-clip: 9 cells on phantom-eval-s0-n120*0 failing; 0 report texts encoded*",
+    res.assert_outcomes(passed=20)
+    res.stdout.fnmatch_lines(["gate verdict: PASS",
+                              "*phantom-clip: PASS: 9 cells on phantom-eval-s0-n120*9 compared, 0 failed, 0 not compared "
+                              "(paired against *phantom-clip__phantom-eval-s0-n120__seed0.npz); 0 report texts encoded*",
                               "html: *report.html"])
     doc = json.loads((gate_dir.path / "report" / "results.json").read_text())
     assert doc["models"][0]["status"] == "measured"
@@ -77,30 +74,45 @@ def test_update_baselines_round_trip_then_pass(gate_dir: GateProject) -> None:
     assert (gate_dir.path / "report" / "results.csv").read_text().count("\n") == 10
 
 
-def test_degraded_model_fails_with_numbers(gate_dir: GateProject, tmp_path: Path) -> None:
+def test_degraded_model_fails_with_numbers_against_a_table(gate_dir: GateProject, tmp_path: Path) -> None:
+    """Without recorded ranks (a table only, like a published one) the unpaired rule decides, and says so."""
     record_baseline(gate_dir)
+    for ranks in (gate_dir.path / "baselines" / "ranks").glob("*.npz"):
+        ranks.unlink()
     degraded = tmp_path / "degraded.safetensors"
     _write_degraded_weights(degraded, noise=0.5)
     res = run(gate_dir, "--cxr-models", "phantom-clip", "--weights", f"phantom-clip={degraded}")
     outcomes = res.parseoutcomes()
     assert outcomes.get("failed", 0) >= 3, res.stdout.str()
-    res.stdout.fnmatch_lines(["*phantom-clip at 0% occlusion regressed: measured Recall@10 = *%, baseline *%, "
-                              "tolerance * pp, chance 8.33% (k/N), N = 120 reports, M = 210 images*Holm*"])
+    res.stdout.fnmatch_lines(["*phantom-clip at 0% occlusion, k = 10, regressed: measured Recall@10 = *%, baseline *%, "
+                              "tolerance * pp, chance 8.33% (k/N), N = 120 reports, M = 210 images*unpaired*"])
 
 
 def test_missing_weights_skip_with_reason_and_require_all_fails(gate_dir: GateProject) -> None:
     res = run(gate_dir, "--cxr-models", "clip", "--cxr-ks", "5")
-    res.assert_outcomes(skipped=6)
+    res.assert_outcomes(skipped=8)
     res.stdout.fnmatch_lines(["*clip: skipped: weights for 'clip' not found*CXR_ROBUST_CLIP_WEIGHTS*ViT-B-32.pt*"])
     res = run(gate_dir, "--cxr-models", "clip", "--cxr-ks", "5", "--require-all")
-    res.assert_outcomes(failed=6)
+    res.assert_outcomes(failed=8)
     res.stdout.fnmatch_lines(["*--require-all: clip: weights for 'clip' not found*"])
 
 
-def test_no_baseline_skips_only_the_baseline_test(gate_dir: GateProject) -> None:
+def test_no_baseline_fails_and_only_an_explicit_option_reports_not_compared(gate_dir: GateProject) -> None:
+    """A cell that compares nothing fails (it used to skip: exit 0, "0 failing"); skipping is opt-in and then
+    says NOT COMPARED, never PASS."""
     res = run(gate_dir, "--cxr-models", "phantom-clip")
-    res.assert_outcomes(passed=9, skipped=9)
-    res.stdout.fnmatch_lines(["*no baseline row 'phantom-clip' for dataset 'phantom-eval-s0-n120'*--update-baselines*"])
+    res.assert_outcomes(passed=10, failed=10)
+    assert res.ret == pytest.ExitCode.TESTS_FAILED
+    res.stdout.fnmatch_lines(["*was not compared: no baseline row 'phantom-clip' for dataset 'phantom-eval-s0-n120'"
+                              "*--update-baselines*--cxr-allow-missing-baseline*",
+                              "gate verdict: FAIL", "*0 compared, 9 failed, 0 not compared*"])
+    res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-allow-missing-baseline")
+    res.assert_outcomes(passed=10, skipped=10)
+    res.stdout.fnmatch_lines(["gate verdict: NOT COMPARED", "*0 compared, 0 failed, 9 not compared*",
+                              "*NOT COMPARED (--cxr-allow-missing-baseline): no baseline row*"])
+    doc = json.loads((gate_dir.path / "report" / "results.json").read_text())
+    assert doc["verdict"] == "NOT COMPARED" and {c["state"] for c in doc["models"][0]["cells"]} == {"not-compared"}
+    assert "NOT COMPARED" in (gate_dir.path / "report" / "report.html").read_text()
 
 
 def test_unknown_model_is_a_usage_error(gate_dir: GateProject) -> None:
@@ -119,7 +131,8 @@ def test_collect_only_lists_the_full_paper_grid(pytester: pytest.Pytester) -> No
     pytester.makepyfile(test_gate=GATE_TESTS)
     res = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     ids = [line for line in res.outlines if "::" in line]
-    assert len(ids) == 5 * 8 * 6 * 2
+    assert len(ids) == 5 * (8 * 6 + 1) * 2  # every cell plus one grid case per model
+    assert "test_gate.py::test_recall_not_below_baseline[phantom-clip-grid]" in ids
     assert "test_gate.py::test_recall_not_below_baseline[cxr-clip-swint-occ25-k10]" in ids
     assert "test_gate.py::test_recall_vs_chance[clip-occ0.25-k5]" in ids
 
@@ -141,7 +154,7 @@ def test_two_xdist_workers_give_the_same_results_as_one(gate_dir: GateProject) -
     record_baseline(gate_dir)
     one = json.loads((gate_dir.path / "report" / "results.json").read_text())
     res = run(gate_dir, "--cxr-models", "phantom-clip,clip", "-n", "2", "--dist", "loadgroup")
-    res.assert_outcomes(passed=18, skipped=18)
+    res.assert_outcomes(passed=20, skipped=20)
     two = json.loads((gate_dir.path / "report" / "results.json").read_text())
     by_model = {m["model"]: m for m in two["models"]}
     assert by_model["clip"]["status"] == "skipped"
@@ -154,20 +167,20 @@ def test_two_xdist_workers_give_the_same_results_as_one(gate_dir: GateProject) -
 def test_pytest_html_rows_carry_the_cell(gate_dir: GateProject) -> None:
     record_baseline(gate_dir)
     html = gate_dir.path / "tests.html"
-    run(gate_dir, "--cxr-models", "phantom-clip", "--html", str(html)).assert_outcomes(passed=18)
+    run(gate_dir, "--cxr-models", "phantom-clip", "--html", str(html)).assert_outcomes(passed=20)
     assert "measured Recall@10 = " in html.read_text()
 
 
 def test_paired_mode_passes_unchanged_and_catches_a_degraded_model(gate_dir: GateProject, tmp_path: Path) -> None:
     record_baseline(gate_dir)
     ranks = gate_dir.path / "baselines" / "ranks"
-    run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-compare-to", str(ranks)).assert_outcomes(passed=18)
+    run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-compare-to", str(ranks)).assert_outcomes(passed=20)
     degraded = tmp_path / "slightly-degraded.safetensors"
     _write_degraded_weights(degraded, noise=0.3)
     res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-compare-to", str(ranks),
               "--weights", f"phantom-clip={degraded}")
     assert res.parseoutcomes().get("failed", 0) >= 1, res.stdout.str()
-    res.stdout.fnmatch_lines(["*regressed against the reference run *phantom-clip__phantom-eval-s0-n120__seed0.npz*"
+    res.stdout.fnmatch_lines(["*regressed against the recorded run *phantom-clip__phantom-eval-s0-n120__seed0.npz*"
                               "queries lost the hit*paired*"])
     doc = json.loads((gate_dir.path / "report" / "results.json").read_text())
     assert "auc@10" in doc["models"][0]["summary"]

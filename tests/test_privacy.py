@@ -109,7 +109,7 @@ def test_credentialed_text_and_pixels_never_reach_outputs(tmp_path: Path, caplog
     assert data.credentialed and all(CANARY in t for t in data.texts("findings+impression"))  # it was used
     run = session.run(MODEL)
     assert run.error is None and run.result is not None and run.result.meta["text_encodings"] == data.num_studies
-    written = list(session.write_outputs().values()) + session.update_baselines()
+    written = list(session.write_outputs().values()) + session.update_baselines()[0]
     assert {p.name for p in written} >= {"results.json", "results.csv", "report.html"}
 
     first_image = sorted((root / "files").rglob("*.jpg"))[0]  # positive controls: the scan finds what it seeks

@@ -171,7 +171,7 @@ def test_failing_cell_fails_the_report_and_is_marked() -> None:
     assert "-5.00 pp" in html and "1.50 %" in html  # 6.50 % - 5 pp
     assert "cxr-clip-swint: 1 of 6 cells failing" in html
     tooltip = re.search(r"<td class=fail title='([^']*)'", html).group(1)
-    for fragment in ("tolerance ±2.31 pp", "Holm-adjusted p = 0.001", "chance k/N = 1.006 %",
+    for fragment in ("tolerance ±2.31 pp", "family-adjusted p = 0.001", "chance k/N = 1.006 %",
                      "N = 994 candidate reports", "M = 1,770 query images"):
         assert fragment in tooltip
     assert "stroke='#c62828' stroke-width='2'/>" in html.split("<svg", 1)[1]  # ringed in the plot
@@ -181,19 +181,22 @@ def test_chance_failure_gets_a_badge_and_fails() -> None:
     cells = _grid("m")
     cells[0] = _cell("m", 0.0, 5, chance_passed=False)
     html = render_report(_doc([_measured("m", cells)]))
-    assert "<span class=badge>not above chance</span>" in html
+    assert "<span class=badge>below chance</span>" in html
     assert cell_state(cells[0]) == "fail"
     assert overall_verdict(_doc([_measured("m", cells)]))[0] == "FAIL"
 
 
-def test_model_without_baselines_is_grey_and_passes_unless_require_all() -> None:
+def test_model_without_baselines_fails_unless_explicitly_allowed_and_is_never_green() -> None:
+    """A cell without a baseline compares nothing: a failure by default, NOT COMPARED (never PASS) when allowed."""
     doc = _doc([_measured("biovil", _grid("biovil", baseline=False))])
     html = render_report(doc)
+    assert _cell_classes(html) == ["fail"] * 6
+    assert "verdict v-fail'>FAIL<" in html and "6 cells have no baseline (a failure" in html
+    doc["config"]["allow_missing_baseline"] = True
+    html = render_report(doc)
     assert _cell_classes(html) == ["nobase"] * 6
-    assert "base —" in html and "verdict v-pass'>PASS<" in html
-    assert "6 cells have no baseline (not compared)" in html
-    doc["config"]["require_all"] = True
-    assert overall_verdict(doc)[0] == "FAIL"
+    assert "base —" in html and "verdict v-none'>NOT COMPARED<" in html and "class='verdict v-pass'" not in html
+    assert "6 cells NOT COMPARED" in html
 
 
 def test_skipped_and_errored_models_show_their_reasons() -> None:
@@ -334,7 +337,7 @@ def test_example_document_is_well_formed_and_self_contained() -> None:
     assert set(re.findall(r"https?://[^\s'\"]*", html)) == {"http://www.w3.org/2000/svg"}
     text = _visible_text(html)
     assert "medclip: skipped" in text and "cxr-repair: error" in text
-    assert "not above chance" in text
+    assert "below chance" in text
 
 
 @pytest.mark.parametrize("doc", [

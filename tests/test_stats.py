@@ -68,11 +68,59 @@ def test_unchanged_model_false_alarm_rate_is_controlled() -> None:
 
 def test_chance_semantics() -> None:
     n, c = 1770, 10 / 994
-    # Baseline clearly above chance, measurement collapsed to chance: fails the chance test.
+    # Baseline clearly above chance, measurement collapsed to chance: a huge regression (the regression test
+    # fails); being *at* chance is not "below chance", so the chance test (a null-controlled test) passes.
     above = decide([CellInput("m", 0, 10, c, n, 994, 0.5, n)])[0]
-    assert above.chance_mode == "above" and not above.chance_passed
+    assert above.passed is False and above.chance_passed
     # A row at chance (the paper's CLIP): at chance passes, clearly below fails.
     at_chance = decide([CellInput("clip", 0, 10, c, n, 994, 0.0107, n)])[0]
     assert at_chance.chance_mode == "not-below" and at_chance.chance_passed
     below = decide([CellInput("clip", 0, 10, 0.0, n, 994, 0.0107, n)])[0]
     assert not below.chance_passed
+
+
+def test_weighted_holm_matches_holm_with_equal_weights_and_controls_the_family() -> None:
+    from cxr_robust.stats import holm, weighted_holm
+
+    p = [0.001, 0.04, 0.03, 0.5, 0.0125]
+    assert np.allclose(weighted_holm(p, [1] * 5), holm(p))
+    # a heavier weight lowers a test's adjusted p-value (0.04 / 0.9 < 0.05, while Holm gives 0.08)
+    adj = weighted_holm([0.04, 0.2], [0.9, 0.1])
+    assert adj[0] < 0.05 < holm([0.04, 0.2])[0] and np.all(adj >= np.array([0.04, 0.2]) - 1e-12)
+    with pytest.raises(ValueError, match="weights"):
+        weighted_holm([0.1], [0.0])
+
+
+def test_chance_tests_share_the_family_with_regression_tests() -> None:
+    """A model at chance level (p-values uniform) must not fail its chance tests more often than alpha."""
+    rng = np.random.default_rng(3)
+    n, N = 1770, 994
+    ks = [5, 10, 20, 30, 50, 100] * 8
+    alarms = 0
+    for _ in range(300):
+        measured = rng.binomial(n, np.array(ks) / N) / n
+        cells = [CellInput("clip", i / 100, k, float(m), n, N, None) for i, (k, m) in enumerate(zip(ks, measured))]
+        alarms += not all(d.chance_passed for d in decide(cells, GateRule(alpha=0.05)))
+    assert alarms / 300 <= 0.05
+
+
+def test_grid_test_pools_small_drops_that_no_cell_shows() -> None:
+    """A 1-point drop in every one of 48 cells: no single cell is significant, the grid test is."""
+    from cxr_robust.stats import GridDecision, apply_family, grid_test_paired
+
+    rng = np.random.default_rng(0)
+    m, c = 1757, 48
+    ref = (rng.random((m, c)) < 0.6).astype(float)
+    cand = ref.copy()
+    lose = rng.random((m, c)) < 0.03  # churn: 3 % of hits lost, 2 % of misses gained
+    gain = rng.random((m, c)) < 0.02
+    cand[(ref == 1) & lose] = 0
+    cand[(ref == 0) & gain] = 1
+    p, numbers = grid_test_paired(ref, cand)
+    assert numbers["diff"] < 0 and p < 1e-6
+    grid = GridDecision("m", "paired", float(cand.mean()), float(ref.mean()), 0.03, c, m, p_value=p)
+    apply_family([], grid, 0.05)
+    assert grid.passed is False and grid.chance_passed
+    # the same model against itself: nothing to find
+    p_same, _ = grid_test_paired(ref, ref)
+    assert p_same == 1.0

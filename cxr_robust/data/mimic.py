@@ -8,11 +8,16 @@ those studies. Every exclusion is counted by reason in ``RetrievalSet.meta``.
 Exclusions are exclusive, first failing reason wins: ``not_in_split``, ``missing_report``,
 ``unreadable_report`` (only with ``on_bad_report="skip"``), ``missing_<section>`` in ``require_sections``
 order (a study with neither findings nor impression counts as ``missing_findings``), then per image
-``view_filter`` and ``missing_image`` (only with ``on_bad_image="skip"``), and ``no_images_left`` for a study
+``view_filter`` and ``missing_image`` (an absent or zero-byte file, only with ``on_bad_image="skip"``;
+``meta["empty_image_files"]`` says how many of them were zero-byte), and ``no_images_left`` for a study
 whose images were all removed. The official ``mimic_cxr_sectioned.csv`` omits the 54 studies its custom
 rules handle; with that source they count as ``missing_report``.
 
-MIMIC-CXR is credentialed: nothing here logs or raises report text. Errors name files and study ids only.
+MIMIC-CXR is credentialed: nothing here logs or raises report text. Errors name files, ids that have been
+checked to be ids (digits, hex DICOM ids, MIMIC paths built from them), line numbers and column names; never
+a header cell (a table without its header row would show its first row) nor any other cell. A
+``ViewPosition`` outside the official :data:`VIEW_MAP` becomes ``UNKNOWN`` (counted in
+``meta["unrecognised_view_positions"]``) rather than reaching the results as a view name.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cxr_robust.data.manifest import RowNamer, describe_found_columns, reader_error_detail
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.sections import SectionedReport, extract_report
 
@@ -65,6 +71,14 @@ VIEW_FILTERS: dict[str, frozenset[str] | None] = {
     "ap": frozenset({"AP"}),
 }
 _REPORT_MEMBER = re.compile(r"(?:^|/)files/p\d+/p(\d+)/(s\d+)\.txt$")
+# MIMIC-CXR DICOM ids are dash-separated hex groups (02aa804e-bde0afdd-112c0b34-7bc16630-4e384014).
+_DICOM_ID = re.compile(r"[0-9A-Fa-f]{1,32}(?:-[0-9A-Fa-f]{1,32}){0,15}")
+# Column names of the official tables: the only header cells an error may quote.
+_OFFICIAL_COLUMNS = frozenset({
+    *SPLIT_COLUMNS, *SECTIONED_COLUMNS, "last_paragraph", "comparison", "subject_id",
+    "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning"})
 
 
 class MimicLayoutError(ValueError):
@@ -96,26 +110,37 @@ def _read_csv(path: Path, columns: Sequence[str], what: str, optional: Sequence[
         header = list(pd.read_csv(path, nrows=0).columns)
         missing = [c for c in columns if c not in header]
         if missing:
+            # The header is never quoted: without a header row it is the first row, e.g. a report.
             raise MimicLayoutError(f"{path}: the {what} lacks column(s) {missing}; expected at least "
-                                   f"{list(columns)}, found {header[:15]}")
+                                   f"{list(columns)}, "
+                                   f"{describe_found_columns(header, _OFFICIAL_COLUMNS, list(columns))}")
         use = list(columns) + [c for c in optional if c in header]
         # na_filter=False: empty fields stay "" (ViewPosition is often empty) and parsing is faster.
         return pd.read_csv(path, usecols=use, dtype=str, na_filter=False)
     except MimicLayoutError:
         raise
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        # pandas' parser messages quote line numbers, not field contents, so they are safe to show.
-        raise MimicLayoutError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc}); "
-                               "re-download it from PhysioNet") from exc
+        # Only the type and position: some reader messages quote bytes of the file. `from None` keeps the
+        # original off the exception chain too.
+        raise MimicLayoutError(f"{path}: cannot read the {what} ({reader_error_detail(exc)}); "
+                               "re-download it from PhysioNet") from None
 
 
-def _digits(col: pd.Series, prefix: str, path: Path, name: str) -> pd.Series:
-    """The id column without its optional letter prefix; non-numeric ids raise, naming a few."""
+def _rows(path: Path, index: pd.Index | pd.Series, n_rows: int) -> str:
+    """Where rows of a freshly read table (index = position in the file) are: line numbers of the CSV."""
+    return RowNamer(path, n_rows)(np.asarray(index))
+
+
+def _digits(col: pd.Series, prefix: str, path: Path, name: str, n_rows: int) -> pd.Series:
+    """The id column without its optional letter prefix; non-numeric ids raise, naming their lines."""
     out = col.str.strip().str.removeprefix(prefix)
     bad = ~out.str.fullmatch(r"\d+")
     if bad.any():
-        raise MimicLayoutError(f"{path}: {int(bad.sum())} rows have a non-numeric {name}, e.g. "
-                               f"{col[bad].head(3).tolist()}")
+        # The cells are not quoted: a non-numeric id is what a shifted or header-less table holds (text).
+        raise MimicLayoutError(f"{path}: {int(bad.sum())} row(s) have a non-numeric {name} "
+                               f"({_rows(path, col.index[bad], n_rows)}, column {name}); expected digits, "
+                               f"optionally after '{prefix}': is the header row missing or are the columns "
+                               "shifted? re-download the file from PhysioNet")
     return out
 
 
@@ -132,21 +157,31 @@ def load_image_table(root: str | Path, split: str = "validate") -> tuple[pd.Data
     split_path = find_table(root, SPLIT_STEM, "official split file")
     meta_path = find_table(root, METADATA_STEM, "image metadata file")
     sp = _read_csv(split_path, SPLIT_COLUMNS, "split file")
+    n_split = len(sp)
     sp["split"] = sp["split"].str.strip()
-    unknown = sorted(set(sp["split"].unique()) - set(SPLITS))
-    if unknown:
-        raise MimicLayoutError(f"{split_path}: unexpected split values {unknown[:5]}; expected {list(SPLITS)}")
-    sp["study_id"] = "s" + _digits(sp["study_id"], "s", split_path, "study_id")
+    unknown = ~sp["split"].isin(SPLITS)
+    if unknown.any():
+        raise MimicLayoutError(f"{split_path}: unexpected split values on "
+                               f"{_rows(split_path, sp.index[unknown], n_split)} (column split; values not "
+                               f"shown); expected one of {list(SPLITS)}")
+    sp["study_id"] = "s" + _digits(sp["study_id"], "s", split_path, "study_id", n_split)
     chosen = sp["split"] == split
     other = sp[~chosen]
     sp = sp[chosen].drop(columns="split")
     if sp.empty:
         raise MimicLayoutError(f"{split_path}: no image is in split {split!r} ({len(other)} rows in other splits)")
-    sp["subject_id"] = _digits(sp["subject_id"], "p", split_path, "subject_id")
+    sp["subject_id"] = _digits(sp["subject_id"], "p", split_path, "subject_id", n_split)
     sp["dicom_id"] = sp["dicom_id"].str.strip()
+    # A dicom id becomes an image file name and an image id in the results: it must be one.
+    not_dicom = ~sp["dicom_id"].str.fullmatch(_DICOM_ID)
+    if not_dicom.any():
+        raise MimicLayoutError(f"{split_path}: {int(not_dicom.sum())} row(s) have a dicom_id that is not a DICOM id "
+                               f"({_rows(split_path, sp.index[not_dicom], n_split)}, column dicom_id; expected "
+                               "dash-separated hex groups); is the header row missing or are the columns shifted?")
     dup = sp["dicom_id"].duplicated()
     if dup.any():
-        raise MimicLayoutError(f"{split_path}: dicom ids listed twice, e.g. {sp['dicom_id'][dup].head(3).tolist()}")
+        raise MimicLayoutError(f"{split_path}: dicom ids listed twice, e.g. {sp['dicom_id'][dup].head(3).tolist()} "
+                               f"({_rows(split_path, sp.index[sp['dicom_id'].duplicated(keep=False)], n_split)})")
 
     md = _read_csv(meta_path, METADATA_COLUMNS, "metadata file")
     md["dicom_id"] = md["dicom_id"].str.strip()
@@ -157,13 +192,18 @@ def load_image_table(root: str | Path, split: str = "validate") -> tuple[pd.Data
         log.warning("%d images of split %r have no row in %s; their view is UNKNOWN", no_meta, split,
                     meta_path.name)
     view = t["ViewPosition"].fillna("").astype(str).str.strip().str.upper()
-    t["view"] = view.where(view != "", "UNKNOWN")
+    # Only official view codes reach the results: any other cell (a shifted column, free text) is UNKNOWN.
+    unrecognised = (view != "") & ~view.isin(VIEW_MAP)
+    if unrecognised.any():
+        log.warning("%d images of split %r have a ViewPosition outside the official list in %s; they count as "
+                    "view UNKNOWN (values not shown)", int(unrecognised.sum()), split, meta_path.name)
+    t["view"] = view.where((view != "") & ~unrecognised, "UNKNOWN")
     t["view_group"] = t["view"].map(VIEW_MAP).fillna("unknown")
     subj = t["subject_id"]
     t["path"] = "files/p" + subj.str[:2] + "/p" + subj + "/" + t["study_id"] + "/" + t["dicom_id"] + ".jpg"
     t = t.drop(columns="ViewPosition").sort_values(["study_id", "dicom_id"], ignore_index=True)
     info = {"split_file": str(split_path), "metadata_file": str(meta_path),
-            "images_without_metadata": no_meta,
+            "images_without_metadata": no_meta, "unrecognised_view_positions": int(unrecognised.sum()),
             "not_in_split": {"studies": int(other["study_id"].nunique()), "images": len(other)}}
     return t, info
 
@@ -219,10 +259,16 @@ def find_report_source(root: str | Path, reports: str | Path | None = None) -> R
 
 
 def _decode(raw: bytes, where: str, sid: str, out: ReportsRead, on_bad_report: str) -> None:
-    """Section one report's bytes into ``out``; undecodable text is an error or an ``unreadable`` count."""
+    """Section one report's bytes into ``out``; text that cannot be decoded or sectioned is an error or an
+    ``unreadable`` count."""
     try:
-        out.reports[sid] = extract_report(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        _unreadable(where, sid, exc, out, on_bad_report)
+        return
+    try:
+        out.reports[sid] = extract_report(text)
+    except Exception as exc:  # noqa: BLE001 - a sectioner failure must not carry the report out in its message
         _unreadable(where, sid, exc, out, on_bad_report)
 
 
@@ -231,9 +277,16 @@ def _unreadable(where: str, sid: str, exc: Exception, out: ReportsRead, on_bad_r
     if on_bad_report == "skip":
         out.unreadable.append(sid)
         return
-    # The exception text of a decode error quotes bytes of the report: name only its type and position.
-    detail = f"{type(exc).__name__} at byte {exc.start}" if isinstance(exc, UnicodeDecodeError) \
-        else f"{type(exc).__name__}: {exc}"
+    # Exception texts are not shown: a decode error quotes bytes of the report, and a sectioning error could
+    # quote its text. I/O errors show their errno text; archive errors name members, i.e. ids.
+    if isinstance(exc, UnicodeDecodeError):
+        detail = f"{type(exc).__name__} at byte {exc.start}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        detail = f"{type(exc).__name__}: {exc.strerror}"
+    elif isinstance(exc, (OSError, zipfile.BadZipFile, zlib.error, EOFError)):
+        detail = f"{type(exc).__name__}: the file or archive member is damaged"
+    else:
+        detail = f"{type(exc).__name__} while sectioning the text; please report this with the study id"
     raise MimicLayoutError(f"report of study {sid} ({where}) cannot be read ({detail}); replace the file or "
                            "pass on_bad_report='skip' to exclude such studies") from None
 
@@ -246,7 +299,7 @@ def read_reports(source: ReportSource, studies: pd.DataFrame, on_bad_report: str
     if source.kind == "sectioned_csv":
         table = _read_csv(source.path, SECTIONED_COLUMNS, "sectioned report file",
                           optional=("last_paragraph", "comparison"))
-        table["study"] = "s" + _digits(table["study"], "s", source.path, "study")
+        table["study"] = "s" + _digits(table["study"], "s", source.path, "study", len(table))
         dup = table["study"].duplicated()
         if dup.any():
             raise MimicLayoutError(f"{source.path}: studies listed twice, e.g. {table['study'][dup].head(3).tolist()}")
@@ -275,8 +328,9 @@ def read_reports(source: ReportSource, studies: pd.DataFrame, on_bad_report: str
                         continue
                     _decode(raw, f"{source.path}:{members[sid]}", sid, out, on_bad_report)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise MimicLayoutError(f"{source.path}: not a readable zip archive ({type(exc).__name__}: {exc}); "
-                                   "re-download mimic-cxr-reports.zip") from exc
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a zip file, or damaged"
+            raise MimicLayoutError(f"{source.path}: not a readable zip archive ({type(exc).__name__}: {detail}); "
+                                   "re-download mimic-cxr-reports.zip") from None
     elif source.kind == "tree":
         base = source.path / "files"
         for subj, sid in pairs:
@@ -298,15 +352,31 @@ def read_reports(source: ReportSource, studies: pd.DataFrame, on_bad_report: str
 # ----------------------------------------------------------------------------------------------- images --
 
 def existing_images(root: Path, rel_paths: pd.Series) -> np.ndarray:
-    """Which of ``rel_paths`` exist, by one ``os.scandir`` per study folder (no per-image stat)."""
+    """Which of ``rel_paths`` exist, by one ``os.scandir`` per study folder."""
+    return _scan_images(root, rel_paths)[0]
+
+
+def _scan_images(root: Path, rel_paths: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(exists, zero_byte) for ``rel_paths``: one ``os.scandir`` per study folder, and a stat of the wanted
+    entries only (a zero-byte image is refused by the decoder, so a data check must find it too)."""
+    wanted = set(rel_paths)
     found: set[str] = set()
+    empty: set[str] = set()
     for d in rel_paths.str.rsplit("/", n=1).str[0].unique():
         try:
             with os.scandir(root / d) as it:
-                found.update(f"{d}/{e.name}" for e in it)
+                for e in it:
+                    rel = f"{d}/{e.name}"
+                    if rel in wanted:
+                        found.add(rel)
+                        try:
+                            if e.stat().st_size == 0:
+                                empty.add(rel)
+                        except OSError:
+                            pass  # a dangling link or a race: left to the decoder, which names it
         except (FileNotFoundError, NotADirectoryError):
             pass
-    return rel_paths.isin(found).to_numpy()
+    return rel_paths.isin(found).to_numpy(), rel_paths.isin(empty).to_numpy()
 
 
 # ------------------------------------------------------------------------------------------------- load --
@@ -329,7 +399,8 @@ def _section_text(report: SectionedReport, name: str) -> str:
 def load_mimic(root: str | Path, reports: str | Path | None = None, split: str = "validate",
                views: str = "all", require_sections: Sequence[str] = ("findings", "impression"),
                on_bad_image: str = "error", on_bad_report: str = "error") -> RetrievalSet:
-    """The MIMIC-CXR-JPG evaluation set of ``split`` (see module doc); images are checked, not opened.
+    """The MIMIC-CXR-JPG evaluation set of ``split`` (see module doc); images are checked to exist and not
+    be empty (zero bytes), but not opened: :func:`cxr_robust.data.images.find_unusable_images` reads headers.
 
     ``views``: ``all`` | ``frontal`` (AP, PA) | ``lateral`` (LATERAL, LL) | ``PA`` | ``AP``.
     ``require_sections``: sections that must be non-empty for a study to be kept.
@@ -369,13 +440,20 @@ def load_mimic(root: str | Path, reports: str | Path | None = None, split: str =
         img_reason[live & ~table["view"].isin(allowed).to_numpy()] = "view_filter"
     live = img_reason == ""
     exists = np.ones(len(table), dtype=bool)
-    exists[live] = existing_images(root, table["path"][live])
-    absent = np.flatnonzero(~exists)
-    if len(absent) and on_bad_image == "error":
-        first = [str(root / table["path"].iat[i]) for i in absent[:3]]
-        raise MimicLayoutError(f"{len(absent)} of {int(live.sum())} images of the {split} evaluation set are "
-                               f"missing, e.g. {first}; re-download them or pass on_bad_image='skip'")
+    empty = np.zeros(len(table), dtype=bool)
+    exists[live], empty[live] = _scan_images(root, table["path"][live])
+    absent, zero = np.flatnonzero(~exists), np.flatnonzero(empty)
+    if on_bad_image == "error" and (len(absent) or len(zero)):
+        first = [str(root / table["path"].iat[i]) for i in (absent if len(absent) else zero)[:3]]
+        if len(absent):
+            also = f" (and {len(zero)} more are empty zero-byte files)" if len(zero) else ""
+            raise MimicLayoutError(f"{len(absent)} of {int(live.sum())} images of the {split} evaluation set are "
+                                   f"missing, e.g. {first}{also}; re-download them or pass on_bad_image='skip'")
+        raise MimicLayoutError(f"{len(zero)} of {int(live.sum())} images of the {split} evaluation set are empty "
+                               f"(zero-byte) files, e.g. {first}; re-download them or pass on_bad_image='skip'")
+    # A zero-byte file is as unusable as an absent one: counted under the same reason (see module doc).
     img_reason[absent] = "missing_image"
+    img_reason[zero] = "missing_image"
 
     keep = table[img_reason == ""]
     kept_ids = set(keep["study_id"])
@@ -409,6 +487,8 @@ def load_mimic(root: str | Path, reports: str | Path | None = None, split: str =
         "excluded_studies": ex_studies, "excluded_images": ex_images,
         "fallback_used": sum(r.fallback_used for r in read.reports.values()),
         "images_without_metadata": info["images_without_metadata"],
+        "unrecognised_view_positions": info["unrecognised_view_positions"],
+        "empty_image_files": len(zero),
     })
     log.info("MIMIC-CXR-JPG %s (%s, reports: %s): %d studies / %d images kept (paper: %d / %d); views %s",
              split, rs.meta["dataset_version"], source.kind, rs.num_studies, rs.num_images,

@@ -5,8 +5,10 @@ would make a benchmark silently measure noise. Nothing here unpickles arbitrary 
 
 - plain ``torch.save`` files (``.pt``, ``.bin``, CXR-CLIP's ``.tar``) go through torch's weights-only
   unpickler, which only rebuilds tensors and plain containers and refuses any other Python global;
-- TorchScript archives (OpenAI's ``ViT-B-32.pt``) are opened with ``torch.jit.load``, whose own
-  deserialiser knows only TorchScript types; we keep its state dict and never call the module;
+- TorchScript archives (OpenAI's ``ViT-B-32.pt``) are read as data, never with ``torch.jit.load`` (which
+  compiles and runs the archive's code, e.g. a class ``__setstate__``): an allow-list unpickler reads
+  ``data.pkl`` with inert stand-ins for the module objects (:func:`read_torchscript_state`), and the
+  TorchScript source in ``code/`` is neither read nor run;
 - CXR-CLIP's ``config`` holds OmegaConf objects. Rather than importing omegaconf and letting the pickle
   build them, the omegaconf names are mapped to inert stand-in classes (:data:`OMEGACONF_STANDINS`) that
   only record their pickled state, which :func:`omegaconf_to_plain` then turns into plain dicts and lists.
@@ -21,6 +23,7 @@ import io
 import os
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -164,8 +167,9 @@ def _torch_load(source: Any, *, label: str, model_name: str, advice: str, mmap: 
         size = os.path.getsize(source) if isinstance(source, str) else None
         size_note = f" ({size:,} bytes)" if size is not None else ""
         raise CheckpointError(
-            f"{model_name}: {label}{size_note} is not a readable PyTorch checkpoint ({_first_line(exc)}). It may "
-            f"be truncated (an interrupted download) or a different kind of file; {advice}.") from None
+            f"{model_name}: {label}{size_note} is not a readable PyTorch checkpoint ({_first_line(exc)}); nothing "
+            f"in it was executed. It may be truncated (an interrupted download) or a different kind of file; "
+            f"{advice}.") from None
 
 
 def _zip_names(path: Path) -> list[str] | None:
@@ -180,34 +184,314 @@ def _zip_names(path: Path) -> list[str] | None:
 
 
 def _is_torchscript(names: list[str]) -> bool:
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+    # torch.load's own test (a constants.pkl record); such an archive is never handed to torch.load
+    return any(n.endswith("/constants.pkl") for n in names)
 
 
 def _is_torch_zip(names: list[str]) -> bool:
     return any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
 
 
-def _read_torchscript_state(path: Path, *, model_name: str, advice: str) -> dict[str, "torch.Tensor"]:
-    """The state dict of a TorchScript archive (the module itself is never run)."""
+# --------------------------------------------------------------------------------------------------
+# TorchScript archives, read as data
+#
+# A TorchScript ``.pt`` is a zip with one top folder ``<archive>/``: ``data.pkl`` pickles the module tree
+# (each module is a ``__torch__.*`` class built by NEWOBJ and given its attributes by BUILD; a tensor is a
+# ``torch._utils._rebuild_tensor_v2`` call whose storage is a persistent id naming the raw record
+# ``data/<key>``), ``constants.pkl`` and ``code/`` hold the compiled program. ``torch.jit.load`` runs that
+# program while loading, so only data.pkl is read, by an unpickler that knows the few names below.
+
+_STORAGE_DTYPES: dict[str, str] = {
+    "FloatStorage": "float32", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "DoubleStorage": "float64", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
+    "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+}
+
+# a TorchScript class name: __torch__ followed by identifiers (mangled names such as ___torch_mangle_3 too)
+_SCRIPT_CLASS_NAME = re.compile(r"__torch__(\.[A-Za-z_]\w*)+")
+_MAX_MODULE_DEPTH = 100
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """data.pkl names a Python global outside the allow-list."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"refused global {name[:200]}")
+        self.name = name[:200]  # the name comes from the file: keep messages bounded
+
+
+class _CustomScriptState(pickle.UnpicklingError):
+    """An object whose state only its own TorchScript code (``__setstate__``) could interpret."""
+
+
+class ScriptObjectStandIn:
+    """Inert record of one TorchScript object in ``data.pkl``: its class name and pickled state.
+
+    The unpickler creates it with ``cls.__new__(cls)`` and hands BUILD's state to :meth:`__setstate__`,
+    which only stores it; the archive's own ``__setstate__`` (TorchScript code) is never looked at.
+    """
+
+    qualified_name = ""
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.qualified_name} stand-in>"
+
+
+class _Inert:
+    """Base of the reader's own records. The pickle may BUILD any object it holds; these refuse it, so no
+    state of theirs (and no method of a torch object) can be reached from the archive."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"data.pkl tries to set the state of a {type(self).__name__}")
+
+
+class _StorageType(_Inert):
+    """What ``torch.FloatStorage`` (etc.) stands for in a persistent id: just the element type."""
+
+    __slots__ = ("dtype_name",)
+
+    def __init__(self, storage_name: str) -> None:
+        self.dtype_name = _STORAGE_DTYPES[storage_name]
+
+
+class _StorageRecord(_Inert):
+    """One ``data/<key>`` record as a flat tensor."""
+
+    __slots__ = ("flat",)
+
+    def __init__(self, flat: "torch.Tensor") -> None:
+        self.flat = flat
+
+
+class _TensorRecord(_Inert):
+    """A tensor of the archive, kept wrapped until the module tree is walked."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: "torch.Tensor") -> None:
+        self.tensor = tensor
+
+
+def _is_int_tuple(value: Any) -> bool:
+    return isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _ts_rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any,
+                       backward_hooks: Any, metadata: Any = None) -> _TensorRecord:
+    """Stands in for ``torch._utils._rebuild_tensor_v2``: a strided view of a storage read from the archive."""
     import torch
 
+    if not (isinstance(storage, _StorageRecord) and isinstance(storage_offset, int) and _is_int_tuple(size)
+            and _is_int_tuple(stride) and len(size) == len(stride) and isinstance(requires_grad, bool)):
+        raise pickle.UnpicklingError("malformed tensor record")
+    if metadata:  # e.g. a conjugate bit: ignoring it would give wrong values
+        raise pickle.UnpicklingError("a tensor carries metadata this reader does not interpret")
+    # as_strided checks the view against the storage's bounds
+    return _TensorRecord(torch.as_strided(storage.flat, size, stride, storage_offset))
+
+
+def _ts_rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> _TensorRecord:
+    """Stands in for ``torch._utils._rebuild_parameter``: the tensor itself (a state dict holds plain tensors)."""
+    if not isinstance(data, _TensorRecord):
+        raise pickle.UnpicklingError("malformed parameter record")
+    return data
+
+
+def _ts_empty_hooks() -> dict:
+    """Stands in for ``collections.OrderedDict()`` (a tensor's always-empty backward hooks)."""
+    return {}
+
+
+def _ts_type_tag(value: Any, type_str: Any) -> Any:
+    """Stands in for ``torch.jit._pickle.restore_type_tag``: the TorchScript type tag is dropped."""
+    return value
+
+
+def _ts_plain_list(data: Any) -> Any:
+    """Stands in for ``torch.jit._pickle.build_*list`` (legacy typed lists): the list itself."""
+    return data
+
+
+_TS_CALLABLES: dict[str, Any] = {
+    "torch._utils._rebuild_tensor_v2": _ts_rebuild_tensor,
+    "torch._utils._rebuild_parameter": _ts_rebuild_parameter,
+    "collections.OrderedDict": _ts_empty_hooks,
+    "torch.jit._pickle.restore_type_tag": _ts_type_tag,
+    **{f"torch.jit._pickle.build_{kind}list": _ts_plain_list for kind in ("int", "double", "bool", "tensor")},
+}
+"""The only callables data.pkl may name, each mapped to an inert function of ours (never torch's own)."""
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript ``data.pkl`` with an explicit allow-list; every other global is refused.
+
+    ``read_record(name)`` returns the bytes of ``<archive>/<name>`` (tensor storages live in ``data/<key>``).
+    """
+
+    def __init__(self, data: bytes, read_record: Any) -> None:
+        super().__init__(io.BytesIO(data))
+        self._read_record = read_record
+        self._storages: dict[str, _StorageRecord] = {}
+        self._classes: dict[str, type[ScriptObjectStandIn]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualified = f"{module}.{name}"
+        if qualified in _TS_CALLABLES:
+            return _TS_CALLABLES[qualified]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if module.split(".", 1)[0] == "__torch__" and _SCRIPT_CLASS_NAME.fullmatch(qualified):
+            return self._stand_in_class(qualified)
+        raise _RefusedGlobal(qualified)
+
+    def _stand_in_class(self, qualified: str) -> type[ScriptObjectStandIn]:
+        # one subclass per TorchScript class, so error messages can name it; nothing is imported
+        if qualified not in self._classes:
+            self._classes[qualified] = type("ScriptObject", (ScriptObjectStandIn,), {"qualified_name": qualified})
+        return self._classes[qualified]
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and re.fullmatch(r"\w{1,64}", pid[2]) and isinstance(pid[4], int) and pid[4] >= 0):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        if key not in self._storages:
+            self._storages[key] = self._read_storage(key, storage_type, numel)
+        storage = self._storages[key]
+        if str(storage.flat.dtype) != f"torch.{storage_type.dtype_name}":
+            raise pickle.UnpicklingError(f"record data/{key} is used with two element types")
+        return storage
+
+    def _read_storage(self, key: str, storage_type: _StorageType, numel: int) -> _StorageRecord:
+        """The record ``data/<key>`` as a flat tensor (the location it was saved from is ignored: CPU)."""
+        import torch
+
+        dtype = getattr(torch, storage_type.dtype_name)
+        need = numel * torch.empty((), dtype=dtype).element_size()
+        raw = self._read_record(f"data/{key}")
+        if len(raw) < need:
+            raise pickle.UnpicklingError(f"record data/{key} holds {len(raw)} bytes, {need} expected (truncated?)")
+        if need == 0:
+            return _StorageRecord(torch.empty(0, dtype=dtype))
+        return _StorageRecord(torch.frombuffer(bytearray(memoryview(raw)[:need]), dtype=dtype))  # a writable copy
+
+
+def _describe_script_object(obj: Any) -> str:
+    return obj.qualified_name if isinstance(obj, ScriptObjectStandIn) else type(obj).__name__
+
+
+def _is_script_module(obj: Any) -> bool:
+    """A module's pickled state is its attribute dict, which always holds the ``training`` flag."""
+    return (isinstance(obj, ScriptObjectStandIn) and isinstance(obj.state, dict)
+            and all(isinstance(k, str) for k in obj.state) and isinstance(obj.state.get("training"), bool))
+
+
+def _check_plain_state(obj: Any, where: str) -> None:
+    # a non-dict state comes from a custom __getstate__: only the archive's __setstate__ knows its meaning
+    if isinstance(obj, ScriptObjectStandIn) and not isinstance(obj.state, dict):
+        raise _CustomScriptState(f"{where} ({obj.qualified_name}) is restored by its own TorchScript "
+                                 "__setstate__ code, which is never run here")
+
+
+def script_module_state_dict(root: Any) -> dict[str, "torch.Tensor"]:
+    """The flat state dict of a module tree read by :class:`_TorchScriptUnpickler`.
+
+    Keys are as ``torch.jit.load(...).state_dict()`` gives them: each module's tensor attributes
+    (parameters and buffers) in attribute order, then its submodules, joined with dots. A plain tensor
+    attribute that TorchScript declares as neither parameter nor buffer cannot be told apart without
+    reading ``code/``; it is kept, so strict loading reports it as an unexpected key rather than
+    dropping anything silently.
+    """
+    _check_plain_state(root, "the archive's top-level object")
+    if not _is_script_module(root):
+        raise _CustomScriptState(f"its top-level object ({_describe_script_object(root)}) is not a module")
+    out: dict[str, "torch.Tensor"] = {}
+    on_path: set[int] = set()
+
+    def visit(module: ScriptObjectStandIn, prefix: str, depth: int) -> None:
+        if depth > _MAX_MODULE_DEPTH or id(module) in on_path:
+            raise pickle.UnpicklingError(f"module tree at {prefix or 'the root'} is cyclic or too deep")
+        on_path.add(id(module))
+        attrs: dict[str, Any] = module.state
+        for name, value in attrs.items():
+            if isinstance(value, _TensorRecord):
+                out[prefix + name] = value.tensor
+            else:
+                _check_plain_state(value, f"attribute {prefix + name}")
+        for name, value in attrs.items():
+            if _is_script_module(value):
+                visit(value, f"{prefix}{name}.", depth + 1)
+        on_path.discard(id(module))
+
+    visit(root, "", 0)
+    return out
+
+
+def _torchscript_prefix(names: list[str]) -> str:
+    """The archive's top folder (``ViT-B-32`` for OpenAI's file), from its single ``<top>/data.pkl``."""
+    tops = [n[: -len("/data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(tops) != 1:
+        raise pickle.UnpicklingError(f"expected one <archive>/data.pkl record, found {len(tops)}")
+    return tops[0]
+
+
+def _conversion_hint(path: Path) -> str:
+    out = path.with_name(path.stem + ".state_dict.pt").name
+    return (f"If you built this archive yourself and trust it, convert it once to a plain state dict, in its "
+            f"folder: python -c \"import torch; torch.save(torch.jit.load('{path.name}').state_dict(), '{out}')\" "
+            f"and pass {out} instead")
+
+
+def read_torchscript_state(path: str | Path, *, model_name: str, advice: str) -> dict[str, "torch.Tensor"]:
+    """The state dict of a TorchScript archive, read without running anything in it.
+
+    Tensors come back in their stored dtype, on the CPU. A global outside the allow-list, or an object
+    that needs its own ``__setstate__``, raises :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the only reader
-            module = torch.jit.load(str(path), map_location="cpu")
-        return {k: v.detach() for k, v in module.state_dict().items()}
-    except Exception as exc:
-        raise CheckpointError(f"{model_name}: {path} looks like a TorchScript archive but cannot be read "
-                              f"({_first_line(exc)}); {advice}.") from None
+        with zipfile.ZipFile(path) as zf:
+            prefix = _torchscript_prefix(zf.namelist())
+            # raw records are in the writer's byte order; archives older than the "byteorder" record are little
+            stored = (zf.read(f"{prefix}/byteorder").strip().decode("ascii", "replace")
+                      if f"{prefix}/byteorder" in zf.namelist() else "little")
+            if stored != sys.byteorder:
+                raise pickle.UnpicklingError(f"the archive stores {stored[:20]}-endian tensors; this machine is "
+                                             f"{sys.byteorder}-endian")
+            unpickler = _TorchScriptUnpickler(zf.read(f"{prefix}/data.pkl"),
+                                              lambda name: zf.read(f"{prefix}/{name}"))
+            return script_module_state_dict(unpickler.load())
+    except _RefusedGlobal as exc:
+        raise CheckpointError(
+            f"{model_name}: refused to read the TorchScript archive {path}: its data.pkl references the Python "
+            f"global {exc.name}, which a weights file never needs. Nothing in it was executed. It is not the "
+            f"published checkpoint or has been tampered with; {advice}. {_conversion_hint(path)}.") from None
+    except _CustomScriptState as exc:
+        raise CheckpointError(
+            f"{model_name}: refused to read the TorchScript archive {path}: {exc}. Nothing in it was executed. "
+            f"It is not the published checkpoint; {advice}. {_conversion_hint(path)}.") from None
+    except Exception as exc:  # zip damage, missing record, malformed pickle or tensor record
+        raise CheckpointError(
+            f"{model_name}: {path} looks like a TorchScript archive but cannot be read ({_first_line(exc)}); "
+            f"nothing in it was executed. It may be truncated (an interrupted download) or a different kind "
+            f"of file; {advice}.") from None
 
 
 def load_torch_file(path: str | Path, *, model_name: str, advice: str = "re-download it",
                     member_suffix: str = "pytorch_model.bin", safe_globals: Iterable[Any] = ()) -> Any:
     """Read a checkpoint file without executing code.
 
-    Accepts a ``torch.save`` file (zip or legacy format), a TorchScript archive (its state dict is
-    returned), a plain zip holding one ``*member_suffix`` (MedCLIP's download) or a directory holding
-    ``member_suffix``. ``safe_globals`` are extra (stand-in, name) pairs for the weights-only unpickler.
+    Accepts a ``torch.save`` file (zip or legacy format; read weights-only), a TorchScript archive (its
+    state dict, read by :func:`read_torchscript_state` without running it), a plain zip holding one
+    ``*member_suffix`` (MedCLIP's download) or a directory holding ``member_suffix``. ``safe_globals`` are
+    extra (stand-in, name) pairs for the weights-only unpickler.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -222,7 +506,7 @@ def load_torch_file(path: str | Path, *, model_name: str, advice: str = "re-down
         raise CheckpointError(f"{model_name}: weights file {path} is empty (an interrupted download?); {advice}")
     names = _zip_names(path)
     if names is not None and _is_torchscript(names):
-        return _read_torchscript_state(path, model_name=model_name, advice=advice)
+        return read_torchscript_state(path, model_name=model_name, advice=advice)
     if names is not None and not _is_torch_zip(names):
         members = [n for n in names if n.endswith(member_suffix)]
         if len(members) != 1:

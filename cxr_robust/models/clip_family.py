@@ -76,7 +76,10 @@ def _advice(model_name: str) -> str:
 
 
 def read_openai_format_state(path: str | Path, *, model_name: str) -> dict[str, "torch.Tensor"]:
-    """OpenAI-format CLIP weights from a TorchScript archive or a (possibly wrapped) state-dict file."""
+    """OpenAI-format CLIP weights from a TorchScript archive or a (possibly wrapped) state-dict file.
+
+    Either is read as data (:func:`~cxr_robust.models.checkpoints.load_torch_file`): nothing in the file runs.
+    """
     advice = _advice(model_name)
     obj = load_torch_file(path, model_name=model_name, advice=advice)
     state = unwrap_state_dict(obj, model_name=model_name, source=path)

@@ -30,6 +30,10 @@ class MissingWeightsError(FileNotFoundError):
     """A model whose weights (or tokenizer vocabulary) are not on this machine."""
 
 
+class ModelFactoryError(TypeError):
+    """A model factory that returned something that is not a :class:`~cxr_robust.models.base.RetrievalModel`."""
+
+
 WEIGHTS_DIR_ENV = "CXR_ROBUST_WEIGHTS_DIR"
 BERT_VOCAB_ENV = "CXR_ROBUST_BERT_VOCAB"
 
@@ -71,9 +75,47 @@ class ModelSpec:
                     return candidate
         return None
 
+    def configuration_error(self, explicit: str | Path | None = None, weights_dir: str | Path | None = None,
+                            bert_vocab: str | Path | None = None) -> str | None:
+        """What is wrong with a path that was *given* for this model, or None.
+
+        A weights file passed explicitly (``--weights NAME=PATH``, ``weights`` in ``[tool.cxr_robust]``, or
+        ``$<weights_env>``), a weights directory (``--weights-dir`` / ``$CXR_ROBUST_WEIGHTS_DIR``) this model
+        would be looked up in, or a ``bert_vocab`` that does not exist is a user mistake: callers should stop
+        with this message (exit 2) rather than skip the model. Check it before :meth:`missing`, which
+        reports such paths too, as a reason to skip.
+        """
+        problems = []
+        if explicit:
+            path = Path(explicit).expanduser()
+            if not path.exists():  # a directory can be valid weights (an unpacked MedCLIP download)
+                fallback = "use the built-in weights" if self.builtin_weights else "look in --weights-dir"
+                problems.append(f"weights for {self.name!r}: {path} does not exist (given as --weights "
+                                f"{self.name}=PATH or weights.{self.name} in [tool.cxr_robust]); fix the path, or "
+                                f"remove it to {fallback}")
+        elif self.weights_env and os.environ.get(self.weights_env):
+            path = Path(os.environ[self.weights_env]).expanduser()
+            if not path.exists():
+                problems.append(f"weights for {self.name!r}: ${self.weights_env}={path} does not exist; fix or unset "
+                                f"${self.weights_env}")
+        elif not self.builtin_weights and self.weight_files:  # only models looked up in the weights directory
+            problems += _weights_dir_problem(weights_dir)
+        if self.needs_bert_vocab and (bert_vocab or os.environ.get(BERT_VOCAB_ENV)):
+            from cxr_robust.models.bert import find_bert_vocab  # light: no torch/transformers import
+
+            try:  # with a value given, find_bert_vocab never falls back to another source
+                find_bert_vocab(bert_vocab, model_name=repr(self.name))
+            except MissingWeightsError as exc:
+                problems.append(f"{exc} (set by --bert-vocab / bert_vocab, or ${BERT_VOCAB_ENV})")
+        return "; ".join(problems) or None
+
     def missing(self, explicit: str | Path | None = None, weights_dir: str | Path | None = None,
                 bert_vocab: str | Path | None = None) -> str | None:
-        """Why this model cannot run here (naming exactly what to set), or None when it can."""
+        """Why this model cannot run here (naming exactly what to set), or None when it can.
+
+        This includes the paths :meth:`configuration_error` reports; callers that skip a model on this
+        reason should call that first, so a typo in a given path is an error and not a skip.
+        """
         problems = []
         if self.builtin_weights and self.builtin_file and not self.locate_weights(explicit, weights_dir):
             shipped = Path(__file__).resolve().parent.parent / self.builtin_file
@@ -96,6 +138,19 @@ class ModelSpec:
             except MissingWeightsError as exc:
                 problems.append(str(exc))
         return "; ".join(problems) or None
+
+
+def _weights_dir_problem(weights_dir: str | Path | None) -> list[str]:
+    """A weights directory that was given (option or ``$CXR_ROBUST_WEIGHTS_DIR``) but is not a directory."""
+    given, label = (weights_dir, "--weights-dir") if weights_dir else (os.environ.get(WEIGHTS_DIR_ENV),
+                                                                      f"${WEIGHTS_DIR_ENV}")
+    if not given:
+        return []
+    root = Path(given).expanduser()
+    if root.is_dir():
+        return []
+    what = "is a file, not a directory" if root.exists() else "does not exist"
+    return [f"{label} {root} {what}; point it at the folder holding the published weights files"]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -145,17 +200,41 @@ def resolve(target: str) -> Callable[..., Any]:
 
 def load_model(name: str, weights: str | Path | None = None, weights_dir: str | Path | None = None,
                **options: Any) -> "RetrievalModel":
-    """Build registered model ``name`` with its weights; raises :class:`MissingWeightsError` if absent."""
+    """Build registered model ``name`` with its weights.
+
+    Raises :class:`MissingWeightsError` if they are absent (or a given path does not exist) and
+    :class:`ModelFactoryError` if the factory returns something that is not a model.
+    """
     spec = get_spec(name)
-    reason = spec.missing(weights, weights_dir, options.get("bert_vocab"))
+    reason = spec.configuration_error(weights, weights_dir, options.get("bert_vocab")) or \
+        spec.missing(weights, weights_dir, options.get("bert_vocab"))
     if reason:
         raise MissingWeightsError(reason)
     path = spec.locate_weights(weights, weights_dir)  # None for built-in weights unless overridden
     factory = resolve(spec.factory)
     model = factory(weights=path, **{**spec.options, **options})
+    check_model(model, name, spec.factory)
     if not getattr(model, "name", ""):
         model.name = name
     return model
+
+
+_PROTOCOL = ("preprocess", "encode_images", "encode_texts", "fingerprint")
+"""The abstract methods of RetrievalModel: an object with all of them is accepted as a model."""
+
+
+def check_model(model: Any, name: str, target: str) -> None:
+    """Raise :class:`ModelFactoryError` unless ``model`` is a RetrievalModel (or has its methods)."""
+    from cxr_robust.models.base import RetrievalModel  # numpy only; torch is imported by adapters
+
+    if isinstance(model, RetrievalModel):
+        return
+    lacking = [m for m in _PROTOCOL if not callable(getattr(model, m, None))]
+    if lacking:
+        raise ModelFactoryError(
+            f"model {name!r}: its factory {target} returned a {type(model).__module__}.{type(model).__qualname__}, "
+            f"not a RetrievalModel (no {', '.join(lacking)}); make the factory return an instance of a "
+            "cxr_robust.models.base.RetrievalModel subclass (docs/usage.md, 'Adding a model')")
 
 
 _ENTRY_POINTS_LOADED = False

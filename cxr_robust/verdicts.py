@@ -1,0 +1,127 @@
+"""Every verdict of the gate, decided in one place: the pytest plugin, the CLI and the report call these.
+
+They read the JSON form of a run (``results.json``: cells and grid tests as dicts, the run's config), so a
+re-rendered report says exactly what the run said. Nothing here imports torch or pytest.
+
+A cell (or a model's grid test) is in exactly one state:
+
+* ``pass``: compared with its baseline and not significantly worse; not below chance;
+* ``fail``: significantly worse than its baseline, or clearly below chance;
+* ``missing``: it has no baseline, which is a failure (a gate that compares nothing must not go green);
+* ``not-compared``: it has no baseline and the run allowed that (``--cxr-allow-missing-baseline``);
+* ``recorded``: a ``--update-baselines`` run measured it for the record (the chance test still applies).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+PASS, FAIL, MISSING, NOT_COMPARED, RECORDED = "pass", "fail", "missing", "not-compared", "recorded"
+FAILING_STATES = (FAIL, MISSING)
+STATE_LABELS = {PASS: "pass", FAIL: "FAIL", MISSING: "FAIL: no baseline", NOT_COMPARED: "NOT COMPARED",
+                RECORDED: "recorded"}
+
+RUN_PASS, RUN_FAIL, RUN_NOT_COMPARED, RUN_NOTHING, RUN_RECORDED = (
+    "PASS", "FAIL", "NOT COMPARED", "NOTHING MEASURED", "RECORDED")
+
+
+def cell_state(cell: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The state of one cell (or grid test) dict under the run's ``config`` (see the module docstring)."""
+    if cell.get("chance_passed") is False:
+        return FAIL
+    if config.get("update_baselines"):
+        return RECORDED
+    if cell.get("baseline") is None:
+        return NOT_COMPARED if config.get("allow_missing_baseline") else MISSING
+    return PASS if cell.get("passed") is True else FAIL
+
+
+def model_tally(model: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, int]:
+    """Counts of a measured model's cells by state (grid test included under ``grid_*``)."""
+    cells = [c for c in model.get("cells") or [] if isinstance(c, Mapping)]
+    states = [cell_state(c, config) for c in cells]
+    grid = model.get("grid") if isinstance(model.get("grid"), Mapping) else {}
+    grid_failed = grid.get("passed") is False or grid.get("chance_passed") is False
+    compared = sum(s in (PASS, FAIL) and c.get("baseline") is not None for s, c in zip(states, cells))
+    return {"cells": len(cells), "compared": compared, "passed": states.count(PASS),
+            "failed": states.count(FAIL), "missing": states.count(MISSING),
+            "not_compared": states.count(NOT_COMPARED), "recorded": states.count(RECORDED),
+            "chance_failed": sum(1 for c in cells if c.get("chance_passed") is False),
+            "grid_failed": int(grid_failed and not config.get("update_baselines") or
+                               grid.get("chance_passed") is False)}
+
+
+def model_verdict(model: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """``PASS``/``FAIL``/``NOT COMPARED``/``RECORDED`` for a measured model, ``FAIL`` for an errored one,
+    ``FAIL`` for a skipped one under ``require_all`` and ``NOTHING MEASURED`` for a skipped one otherwise."""
+    status = model.get("status")
+    if status == "error":
+        return RUN_FAIL
+    if status != "measured":
+        return RUN_FAIL if config.get("require_all") else RUN_NOTHING
+    t = model_tally(model, config)
+    if t["failed"] or t["missing"] or t["grid_failed"]:
+        return RUN_FAIL
+    if t["recorded"]:
+        return RUN_RECORDED
+    if t["not_compared"]:
+        return RUN_NOT_COMPARED
+    return RUN_PASS
+
+
+def run_verdict(doc: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The run's verdict and one line per model that explains it.
+
+    ``FAIL`` if any model fails; else ``NOT COMPARED`` if any measured cell was not compared (never shown as
+    a pass); else ``RECORDED`` for a baseline-recording run; else ``PASS`` if at least one model was
+    measured; else ``NOTHING MEASURED``.
+    """
+    config = doc.get("config") if isinstance(doc.get("config"), Mapping) else {}
+    models = [m for m in doc.get("models") or [] if isinstance(m, Mapping)]
+    why: list[str] = []
+    verdicts = []
+    for m in models:
+        name, verdict = m.get("model", "?"), model_verdict(m, config)
+        verdicts.append(verdict)
+        if m.get("status") == "error":
+            why.append(f"{name}: error while running (every cell of it fails)")
+        elif m.get("status") == "measured":
+            t = model_tally(m, config)
+            if t["failed"]:
+                why.append(f"{name}: {t['failed']} of {t['cells']} cells failing")
+            if t["grid_failed"]:
+                why.append(f"{name}: the grid as a whole is significantly worse than its baseline")
+            if t["missing"]:
+                why.append(f"{name}: {t['missing']} cells have no baseline (a failure; record one with "
+                           "--update-baselines, or pass --cxr-allow-missing-baseline to report them as NOT COMPARED)")
+            if t["not_compared"]:
+                why.append(f"{name}: {t['not_compared']} cells NOT COMPARED (no baseline; "
+                           "--cxr-allow-missing-baseline)")
+        else:
+            why.append(f"{name}: skipped" + (" — a failure under require_all" if config.get("require_all") else ""))
+    for verdict in (RUN_FAIL, RUN_NOT_COMPARED, RUN_RECORDED, RUN_PASS):
+        if verdict in verdicts:
+            return verdict, why
+    return RUN_NOTHING, why or ["no model was configured"]
+
+
+def annotate(doc: dict[str, Any]) -> dict[str, Any]:
+    """Write each cell's, grid's and model's state and the run's verdict into ``doc`` (in place), so
+    ``results.json`` says what the gate decided and the report only displays it."""
+    config = doc.get("config") if isinstance(doc.get("config"), Mapping) else {}
+    for m in doc.get("models") or []:
+        if not isinstance(m, dict):
+            continue
+        for cell in m.get("cells") or []:
+            if isinstance(cell, dict):
+                cell["state"] = cell_state(cell, config)
+        grid = m.get("grid")
+        if isinstance(grid, dict):
+            compared = bool(grid.get("n_cells"))
+            grid["state"] = (cell_state(grid, config) if compared or grid.get("chance_passed") is False
+                             else (NOT_COMPARED if config.get("allow_missing_baseline") else MISSING))
+        m["verdict"] = model_verdict(m, config)
+        if m.get("status") == "measured":
+            m["tally"] = model_tally(m, config)
+    doc["verdict"], doc["verdict_reasons"] = run_verdict(doc)
+    return doc
