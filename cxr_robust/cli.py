@@ -323,15 +323,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     codes = [EXIT_UNAVAILABLE] if options.require_all and session.skipped else []
     for model in runnable:
         run = session.run(model)
+        if isinstance(run.error, GateUsageError):  # e.g. a damaged --compare-to file: the user's to fix
+            raise UsageProblem(str(run.error))
         if run.error is not None:
             _say(f"{model}: ERROR: {type(run.error).__name__}: {run.error}")
             codes.append(EXIT_ERROR)
             continue
         meta = run.result.meta
         failing = _failing(run, options)
+        cells_failing = sum(1 for d in failing if d is not run.grid)
+        grid = "; grid test FAILED" if any(d is run.grid for d in failing) else ""
         no_base = sum(1 for d in run.decisions.values() if d.baseline is None)
         state = "NOT COMPARED" if no_base and options.allow_missing_baseline and not failing else ""
-        _say(f"{model}: {len(run.decisions)} cells, {len(failing)} failing, {no_base} without baseline "
+        _say(f"{model}: {len(run.decisions)} cells, {cells_failing} failing{grid}, {no_base} without baseline "
              f"({run.mode}: {run.baseline_source or 'no baseline'}){' ' + state if state else ''}; sweep "
              f"{meta['timings']['total_s']:.1f}s on {meta['device']}")
         for d in failing:
@@ -672,11 +676,22 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         _err(f"{type(exc).__name__}: {exc}")
         return EXIT_USAGE
+    from cxr_robust.data.images import find_unusable_images
+
+    # Headers only (no pixel decoded): what the sweep would refuse that loading cannot see (corrupt headers,
+    # images too large once decoded).
+    unusable = find_unusable_images(data)
+    if unusable and not args.skip_bad:
+        first = unusable[min(unusable)]
+        _err(f"BadImageError: {len(unusable)} of {data.num_images} images would be refused by the sweep; first: "
+             f"{first}")
+        return EXIT_USAGE
     meta, counts = data.meta, data.counts()
     summary = {"dataset": data.name, "source": meta.get("source"), "counts": counts,
                "view_groups": meta.get("counts", {}).get("view_groups"),
                "excluded_studies": meta.get("excluded_studies", {}), "excluded_images": meta.get("excluded_images", {}),
-               "paper_reference": dict(PAPER_COUNTS)}
+               "paper_reference": dict(PAPER_COUNTS),
+               "unusable_images": _count_reasons(unusable)}
     if mimic_root:
         summary.update(version=meta.get("dataset_version"), split=meta.get("split"), views=meta.get("views"),
                        reports_source=meta.get("reports_source"), split_counts=meta.get("split_counts"))
@@ -697,7 +712,17 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         _say(f"view groups: {_by_reason(summary['view_groups'])}")
     _say(f"excluded studies: {_by_reason(summary['excluded_studies'])}")
     _say(f"excluded images: {_by_reason(summary['excluded_images'])}")
+    if unusable:
+        _say(f"images the sweep will skip (--skip-bad; on_bad_image='skip'): {_by_reason(summary['unusable_images'])}")
     return EXIT_OK
+
+
+def _count_reasons(errors: dict[int, Any]) -> dict[str, int]:
+    """``{reason: count}`` of image errors."""
+    out: dict[str, int] = {}
+    for exc in errors.values():
+        out[exc.reason] = out.get(exc.reason, 0) + 1
+    return out
 
 
 # ----- parser ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS, verdicts
-from cxr_robust.baselines import BaselineCell, BaselineTable, write_table
+from cxr_robust.baselines import BaselineCell, BaselineError, BaselineTable, write_table
 from cxr_robust.data.retrieval_set import check_on_bad
 from cxr_robust.models import DEMO_MODEL, PAPER_MODELS, get_spec
 from cxr_robust.precision import check_precision
@@ -153,7 +153,8 @@ class GateSession:
         """Every baseline table configured (default: all CSVs in the baselines directory)."""
         if self._tables is None:
             paths = [Path(p) for p in self.options.baselines] or sorted(
-                p for p in (self.rootdir / self.options.baselines_dir).glob("*.csv") if p.name != "table1_random.csv")
+                p for p in (self.rootdir / self.options.baselines_dir).glob("*.csv")
+                if p.is_file() and p.name != "table1_random.csv")
             self._tables = [BaselineTable.load(p) for p in paths]
         return self._tables
 
@@ -304,7 +305,10 @@ class GateSession:
                                        baseline_n_queries=base.n_queries if base else None))
         decisions = {(d.ratio, d.k): d for d in decide(cells, self.rule)}
         run.decisions = decisions
-        ref_path = self.reference_ranks(row, result.dataset, result.seed)
+        try:
+            ref_path = self.reference_ranks(row, result.dataset, result.seed)
+        except FileNotFoundError as exc:  # a --cxr-compare-to path or an ambiguous recording: the user's to fix
+            raise GateUsageError(str(exc)) from None
         if ref_path is not None:
             run.mode, run.baseline_source = "paired", str(ref_path)
             run.grid = self._apply_paired(result, ref_path, decisions)
@@ -320,9 +324,12 @@ class GateSession:
         """Replace the cells' raw p-values by paired ones against ``path`` and return the paired grid test."""
         from cxr_robust.results import load_ranks
 
-        ref_counts, ref_ids, ref_meta = load_ranks(path)
-        return compare_paired(result, decisions, ref_counts, ref_ids, ref_meta.get("seed"), self.rule,
-                              label=path.name)
+        try:
+            ref_counts, ref_ids, ref_meta = load_ranks(path)
+            return compare_paired(result, decisions, ref_counts, ref_ids, ref_meta.get("seed"), self.rule,
+                                  label=path.name)
+        except (ValueError, OSError) as exc:  # a damaged file, or ranks of other images / reports
+            raise GateUsageError(f"cannot pair with the recorded ranks {path}: {exc}") from None
 
     def _grid_unpaired(self, result: "SweepResult", decisions: dict[tuple[float, int], CellDecision]) -> GridDecision:
         """The grid test against a table's cells (z-test), or only the grid's chance test without a baseline."""
@@ -421,7 +428,11 @@ class GateSession:
             recorded = table is not None and all(c.source.startswith(RECORDED_SOURCE) for c in table.for_model(row))
             # Published numbers (the paper's Table 1) are never overwritten: a measurement goes to its own file.
             path = Path(table.path) if recorded and table.path else base_dir / f"{_slug(row)}__{res.dataset}.csv"
-            old = BaselineTable.load(path).cells if path.exists() else []
+            try:
+                old = BaselineTable.load(path).cells if path.is_file() else []
+            except BaselineError as exc:  # merging into a table we cannot read would lose it
+                raise BaselineUpdateRefused(f"--update-baselines: nothing recorded: {exc}; fix or move that "
+                                            "file and record again") from None
             cells, counts = merge_cells(old, new)
             written.append(write_table(cells, path))
             lines.append(f"{path}: {counts['added']} cells added, {counts['changed']} changed, "

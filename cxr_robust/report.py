@@ -345,7 +345,7 @@ def _grid(model: dict) -> str:
     return (f"<table class=grid><caption>Recall@k (%) by occlusion ratio — measured, baseline, difference"
             f"</caption><tr><th>k \\ occlusion</th>{head}</tr>{rows}</table>"
             "<p class=legend><span class=pass>pass</span><span class=fail>fail</span>"
-            "<span class=nobase>no baseline</span><span class=badge>chance</span> chance check failed · "
+            "<span class=nobase>not compared</span><span class=badge>chance</span> chance check failed · "
             "hover a cell for tolerance, adjusted p, chance level, N and M</p>")
 
 
@@ -482,7 +482,7 @@ def _model_section(model: dict, index: int, credentialed: bool) -> str:
             f"({t['missing']} of them without a baseline) · <b>{t['not_compared']}</b> NOT COMPARED · "
             f"{t['chance_failed']} chance check(s) failed, of {t['cells']} cells. {_e(_grid_sentence(model))} "
             f"Baseline row <span class=mono>{_e(model.get('baseline_row') or '—')}</span> from "
-            f"<span class=mono>{_e(model.get('baseline_source') or 'no baseline table')}</span>; "
+            f"<span class=mono>{_e(model.get('baseline_source') or 'no baseline')}</span>; "
             f"text policy <span class=mono>{_e(model.get('text_policy') or meta.get('text_policy') or '—')}"
             "</span>.</p>")
     if not t["cells"]:

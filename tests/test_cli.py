@@ -123,7 +123,7 @@ def test_regression_exits_1_with_the_failing_cells(project: Path, tmp_path: Path
     text = capsys.readouterr().out
     assert code == EXIT_FAILED, text
     assert "phantom-clip: 4 cells, 2 failing" in text and "FAIL occ0%" not in text
-    assert "FAIL occ25% k10: measured" in text and "baseline 95.00%" in text and "regressed, Holm-adjusted p" in text
+    assert "FAIL occ25% k10: measured" in text and "baseline 95.00%" in text and "regressed, adjusted p" in text
     assert "exit 1: cells failed" in text
 
 
@@ -143,12 +143,15 @@ def test_unavailable_model_skips_or_exits_3_with_require_all(project: Path, tmp_
     assert [(m["model"], m["status"]) for m in doc["models"]] == [("phantom-clip", "measured"), ("clip", "skipped")]
 
 
-def test_missing_baseline_fails_only_with_require_all(project: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(project, "--out", str(tmp_path), "--phantom-studies", "61") == EXIT_OK
-    assert "4 without baseline" in capsys.readouterr().out
-    assert run(project, "--out", str(tmp_path), "--phantom-studies", "61", "--require-all") == EXIT_FAILED
-    assert "no baseline (--require-all)" in capsys.readouterr().out
+def test_missing_baseline_fails_unless_explicitly_allowed(project: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A cell that compares nothing is a failure (it used to exit 0); --allow-missing-baseline says NOT COMPARED."""
+    assert run(project, "--out", str(tmp_path), "--phantom-studies", "61") == EXIT_FAILED
+    text = capsys.readouterr().out
+    assert "4 without baseline" in text and "no baseline: record one with --update-baselines" in text
+    assert run(project, "--out", str(tmp_path), "--phantom-studies", "61", "--allow-missing-baseline") == EXIT_OK
+    assert "4 without baseline (none: no baseline) NOT COMPARED" in capsys.readouterr().out
+    assert load_results(tmp_path)["verdict"] == "NOT COMPARED"
 
 
 def test_sweep_error_exits_4(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -224,3 +224,18 @@ def test_find_unusable_images_reads_headers_only(tmp_path: Path, big_float_tiff:
     assert {i: e.reason for i, e in found.items()} == {0: "empty_file", 1: "undecodable", 2: "too_large",
                                                       3: "missing"}
     assert all(e.image_id == rs.image_ids[i] for i, e in found.items())
+
+
+def test_check_data_finds_a_corrupt_image_header_the_sweep_would_refuse(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Loading sees only missing and empty files; check-data also reads every header, as the sweep will."""
+    from cxr_robust.cli import main
+
+    fake = build_fake_mimic(tmp_path / "mimic")
+    (fake.root / fake.study("s50000002").image_path(0)).write_bytes(b"<html>not a jpeg</html>")
+    assert main(["check-data", "--no-pyproject", "--mimic-root", str(fake.root)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 9 images would be refused by the sweep; first: image" in err and "s50000002" in err
+    assert "Traceback" not in err
+    assert main(["check-data", "--no-pyproject", "--mimic-root", str(fake.root), "--skip-bad"]) == 0
+    assert "images the sweep will skip (--skip-bad; on_bad_image='skip'): undecodable 1" in capsys.readouterr().out

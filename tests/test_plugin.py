@@ -150,20 +150,6 @@ def _write_degraded_weights(path: Path, noise: float) -> None:
     save_file(state, str(path))
 
 
-def test_two_xdist_workers_give_the_same_results_as_one(gate_dir: GateProject) -> None:
-    record_baseline(gate_dir)
-    one = json.loads((gate_dir.path / "report" / "results.json").read_text())
-    res = run(gate_dir, "--cxr-models", "phantom-clip,clip", "-n", "2", "--dist", "loadgroup")
-    res.assert_outcomes(passed=20, skipped=20)
-    two = json.loads((gate_dir.path / "report" / "results.json").read_text())
-    by_model = {m["model"]: m for m in two["models"]}
-    assert by_model["clip"]["status"] == "skipped"
-    key = lambda c: (c["ratio"], c["k"])  # noqa: E731
-    assert sorted((key(c), c["measured"]) for c in by_model["phantom-clip"]["cells"]) == \
-        sorted((key(c), c["measured"]) for c in one["models"][0]["cells"])
-    assert not (gate_dir.path / "report" / ".xdist-parts").exists()
-
-
 def test_pytest_html_rows_carry_the_cell(gate_dir: GateProject) -> None:
     record_baseline(gate_dir)
     html = gate_dir.path / "tests.html"
