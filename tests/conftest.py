@@ -43,3 +43,16 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded)
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_ex)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+
+
+CXR_ENV_VARS = ("CXR_ROBUST_MODELS", "CXR_ROBUST_DATASET", "CXR_ROBUST_MIMIC_ROOT", "CXR_ROBUST_MIMIC_REPORTS",
+                "CXR_ROBUST_MANIFEST", "CXR_ROBUST_WEIGHTS_DIR", "CXR_ROBUST_BERT_VOCAB", "CXR_ROBUST_DEVICE",
+                "CXR_ROBUST_CLIP_WEIGHTS", "CXR_ROBUST_CXR_REPAIR_WEIGHTS", "CXR_ROBUST_PHANTOM_CLIP_WEIGHTS")
+"""The machine's settings that would change what a CLI run does."""
+
+
+@pytest.fixture
+def clean_cxr_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's CXR_ROBUST_* settings must not leak into a test (``usefixtures`` it)."""
+    for var in CXR_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)

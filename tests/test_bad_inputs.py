@@ -60,10 +60,10 @@ def jpeg_bytes(side: int = 64, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` (valid CRC) while holding 8x8 pixels of data."""
+def png_claiming(width: int, height: int, mode: str = "L") -> bytes:
+    """A PNG of ``mode`` whose header claims ``width x height`` (valid CRC) while holding 8x8 pixels of data."""
     buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, "PNG")
+    Image.new(mode, (8, 8)).save(buf, "PNG")
     data = bytearray(buf.getvalue())
     data[16:20], data[20:24] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
     data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")

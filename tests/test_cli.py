@@ -30,13 +30,7 @@ cache_dir = "{cache}"
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The machine's CXR_ROBUST_* settings must not leak into these runs."""
-    for var in ("CXR_ROBUST_MODELS", "CXR_ROBUST_DATASET", "CXR_ROBUST_MIMIC_ROOT", "CXR_ROBUST_MIMIC_REPORTS",
-                "CXR_ROBUST_MANIFEST", "CXR_ROBUST_WEIGHTS_DIR", "CXR_ROBUST_BERT_VOCAB", "CXR_ROBUST_DEVICE",
-                "CXR_ROBUST_CLIP_WEIGHTS", "CXR_ROBUST_CXR_REPAIR_WEIGHTS", "CXR_ROBUST_PHANTOM_CLIP_WEIGHTS"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_cxr_env")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ compressed megabyte of zeros repeated (each block self-contained after a full fl
 
 from __future__ import annotations
 
-import io
 import struct
 import tracemalloc
 import zlib
@@ -28,6 +27,7 @@ from cxr_robust.data.images import (MAX_DECODED_BYTES, MAX_PIXELS, BadImageError
                                     decoded_bytes, find_unusable_images, load_grayscale)
 from cxr_robust.data.mimic import MimicLayoutError, load_mimic
 from tests.fake_mimic import build_fake_mimic
+from tests.test_bad_inputs import png_claiming
 
 SIDE = 8190  # under the pixel limit (8192 x 8192), four bytes per pixel once decoded
 
@@ -130,13 +130,8 @@ def test_every_8_and_16_bit_grayscale_image_within_the_pixel_limit_fits() -> Non
 
 
 def rgb_png_claiming(width: int, height: int) -> bytes:
-    """An RGB PNG whose header claims ``width x height`` (valid CRC) while holding 8x8 pixels of data."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    data[16:20], data[20:24] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
-    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
-    return bytes(data)
+    """An RGB PNG whose header claims ``width x height`` while holding 8x8 pixels of data."""
+    return png_claiming(width, height, "RGB")
 
 
 def test_colour_image_under_the_pixel_limit_but_over_the_byte_limit(tmp_path: Path) -> None:
