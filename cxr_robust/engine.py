@@ -340,7 +340,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
 
         if config.cache_images:
             status_key = {"images": image_fp, "preprocess": model.preprocess_key(), "draft": config.draft_decode,
-                          "decode_size": model.decode_size, "max_pixels": MAX_PIXELS, "max_decoded_bytes": MAX_DECODED_BYTES,
+                          "decode_size": model.decode_size, "max_pixels": MAX_PIXELS,
+                          "max_decoded_bytes": MAX_DECODED_BYTES,
                           "pillow": versions.get("pillow")}
             status, _ = cache.get_or_compute("image_status", status_key, compute_status)
         else:

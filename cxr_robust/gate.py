@@ -448,6 +448,7 @@ class GateSession:
         ``--cxr-compare-to``, ``cxr-robust compare``). With ``merge``, ratios recorded earlier in the same
         file for the same images and not measured now are kept.
         """
+        from cxr_robust.paired import ranks_filename
         from cxr_robust.results import load_ranks
 
         written = []
@@ -458,7 +459,7 @@ class GateSession:
             meta = {"model": model, "dataset": res.dataset, "seed": res.seed, "text_policy": res.text_policy,
                     "model_fingerprint": res.meta.get("model_fingerprint"),
                     "dataset_counts": res.meta.get("dataset_counts")}
-            path = Path(directory) / "ranks" / f"{_slug(self.baseline_row(model, res))}__{res.dataset}__seed{res.seed}.npz"
+            path = Path(directory) / "ranks" / ranks_filename(self.baseline_row(model, res), res.dataset, res.seed)
             counts = dict(res.counts)
             if merge and path.is_file():
                 try:

@@ -234,7 +234,8 @@ def _overview(doc: dict) -> str:
         return "<p class=muted>No model in this run.</p>"
     return ("<h3>Models</h3><table><tr><th>model</th><th>status</th><th class=num>cells</th>"
             "<th class=num>passed</th><th class=num>failed</th><th class=num>not compared</th>"
-            "<th class=num>chance check failed</th><th>grid test</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
+            "<th class=num>chance check failed</th><th>grid test</th><th>verdict</th></tr>" + "".join(rows)
+            + "</table>")
 
 
 def _anchor(model: dict, index: int) -> str:

@@ -151,7 +151,9 @@ def test_run_out_not_writable_exits_2_before_the_sweep(project: Path, tmp_path: 
     assert "dataset" not in capsys.readouterr().out and not (tmp_path / "new").exists()
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permission bits: run the tests as a non-root user to enable this test (the simulated case above runs everywhere)")
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root ignores permission bits: run the tests as a non-root user to enable this test "
+                           "(the simulated case above runs everywhere)")
 def test_run_out_read_only_by_permissions(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
