@@ -108,6 +108,7 @@ def check_rootdir(config: pytest.Config) -> None:
             invocation_dir=config.invocation_params.dir)
         moved = (Path(rootpath), inipath and Path(inipath)) != (config.rootpath, config.inipath)
     except (ImportError, TypeError):  # pytest's private API changed: assume the worst if a value is a path
+        rootpath, inipath = "the project's", "its own"
         moved = any(Path(value).expanduser().exists() for _, value in spaced)
     if moved:
         fixes = " ".join(f"{flag}={value}" for flag, value in spaced)
