@@ -40,10 +40,9 @@ import numpy as np
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS
 from cxr_robust.engine import SweepResult
-from cxr_robust.gate import compare_paired
+from cxr_robust.gate import compare_paired, grid_unpaired
 from cxr_robust.metrics import RankCounts
-from cxr_robust.stats import (CellInput, GateRule, GridDecision, apply_family, clopper_pearson, decide, grid_chance_p,
-                              grid_test_unpaired)
+from cxr_robust.stats import CellInput, GateRule, GridDecision, apply_family, clopper_pearson, decide
 
 OCCLUDED = tuple(r for r in PAPER_RATIOS if r > 0)
 LOW_OCCLUSION = (0.0025, 0.01, 0.04, 0.09)
@@ -117,12 +116,7 @@ def gate_unpaired(ref: SweepResult, cand: SweepResult, alpha: float) -> dict[str
     cells = [CellInput(cand.model, r, k, v, cand.n_queries, cand.n_candidates, ref_grid[r][k], ref.n_queries)
              for r, by_k in cand.grid().items() for k, v in by_k.items()]
     decisions = {(d.ratio, d.k): d for d in decide(cells, rule)}
-    keys = list(decisions)
-    hits = np.stack([cand.hits(r, k) for r, k in keys], axis=1)
-    chances = np.array([k / cand.n_candidates for _, k in keys])
-    grid = GridDecision(cand.model, "unpaired", float(hits.mean()), float(np.mean([ref_grid[r][k] for r, k in keys])),
-                        float(chances.mean()), len(keys), cand.n_queries, chance_p=grid_chance_p(hits, chances))
-    grid.p_value, _ = grid_test_unpaired(hits, grid.baseline, ref.n_queries)
+    grid = grid_unpaired(cand, decisions, rule)
     apply_family(list(decisions.values()), grid, alpha)
     return _failures(decisions, grid)
 

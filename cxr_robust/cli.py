@@ -189,8 +189,10 @@ def _failing(run: Any, options: "GateOptions") -> list[Any]:
     from cxr_robust import verdicts
 
     config = options.effective()
-    tests = list(run.decisions.values()) + ([run.grid] if run.grid is not None and run.grid.n_cells else [])
-    return [d for d in tests if verdicts.cell_state(d.as_dict(), config) in verdicts.FAILING_STATES]
+    cells = [d for d in run.decisions.values() if verdicts.cell_state(d.as_dict(), config) in verdicts.FAILING_STATES]
+    # The grid fails on its own test; without a baseline it is not counted as missing again (its cells are).
+    grid = [run.grid] if run.grid is not None and verdicts.cell_state(run.grid.as_dict(), config) == verdicts.FAIL         else []
+    return cells + grid
 
 
 def _describe_cell(d: Any) -> str:

@@ -312,11 +312,10 @@ class GateSession:
         if ref_path is not None:
             run.mode, run.baseline_source = "paired", str(ref_path)
             run.grid = self._apply_paired(result, ref_path, decisions)
-        elif table is not None:
-            run.mode, run.baseline_source = "unpaired", str(table.path)
-            run.grid = self._grid_unpaired(result, decisions)
         else:
-            run.grid = self._grid_unpaired(result, decisions)
+            if table is not None:
+                run.mode, run.baseline_source = "unpaired", str(table.path)
+            run.grid = grid_unpaired(result, decisions, self.rule)
         apply_family(list(decisions.values()), run.grid, self.options.alpha)
 
     def _apply_paired(self, result: "SweepResult", path: Path,
@@ -330,26 +329,6 @@ class GateSession:
                                   label=path.name)
         except (ValueError, OSError) as exc:  # a damaged file, or ranks of other images / reports
             raise GateUsageError(f"cannot pair with the recorded ranks {path}: {exc}") from None
-
-    def _grid_unpaired(self, result: "SweepResult", decisions: dict[tuple[float, int], CellDecision]) -> GridDecision:
-        """The grid test against a table's cells (z-test), or only the grid's chance test without a baseline."""
-        import numpy as np
-
-        keys = list(decisions)
-        hits = np.stack([result.hits(r, k) for r, k in keys], axis=1)
-        chances = np.array([k / result.n_candidates for _, k in keys])
-        compared = [i for i, key in enumerate(keys) if decisions[key].baseline is not None]
-        grid = GridDecision(model=result.model, mode="unpaired" if compared else "none",
-                            measured=float(hits[:, compared].mean()) if compared else float(hits.mean()),
-                            baseline=None, chance=float(chances.mean()), n_cells=len(compared),
-                            n_queries=result.n_queries, chance_p=grid_chance_p(hits, chances),
-                            rule=self.rule.describe("unpaired"))
-        if compared:
-            base = [decisions[keys[i]] for i in compared]
-            grid.baseline = float(np.mean([d.baseline for d in base]))
-            n_base = min(d.baseline_n_queries or result.n_queries for d in base)
-            grid.p_value, grid.extras = grid_test_unpaired(hits[:, compared], grid.baseline, n_base)
-        return grid
 
     # ----- outputs ---------------------------------------------------------------------------------------
     def outcomes(self) -> list[ModelOutcome]:
@@ -463,14 +442,13 @@ class GateSession:
             counts = dict(res.counts)
             if merge and path.is_file():
                 try:
-                    old_counts, old_ids, _ = load_ranks(path)
+                    old_counts, old_ids, old_meta = load_ranks(path)
                 except ValueError as exc:  # a damaged recording is replaced, and the user is told
                     self.notes.append(f"{path} could not be read and was replaced: {exc}")
-                    old_counts, old_ids = {}, list(res.image_ids)
+                    old_counts, old_ids, old_meta = {}, list(res.image_ids), {}
                 if list(old_ids) == list(res.image_ids):
                     kept = {r: c for r, c in old_counts.items() if not any(abs(r - q) < 1e-9 for q in counts)}
-                    old_fp = load_ranks(path)[2].get("model_fingerprint") if kept else None
-                    if kept and old_fp != meta["model_fingerprint"]:
+                    if kept and old_meta.get("model_fingerprint") != meta["model_fingerprint"]:
                         self.notes.append(f"{path}: kept {len(kept)} ratio(s) recorded from a different model "
                                           "(its fingerprint differs); record every ratio again to keep the "
                                           "reference consistent")
@@ -519,6 +497,29 @@ def compare_paired(result: "SweepResult", decisions: dict[tuple[float, int], Cel
                         baseline=float(ref_hits.mean()), chance=float(chances.mean()), n_cells=len(keys),
                         n_queries=result.n_queries, p_value=p_grid, chance_p=grid_chance_p(cand, chances),
                         rule=text, extras={**numbers, "reference_seed": ref_seed, "run_seed": result.seed})
+
+
+def grid_unpaired(result: "SweepResult", decisions: dict[tuple[float, int], CellDecision],
+                  rule: GateRule) -> GridDecision:
+    """The grid test against the cells that have a table baseline (a z-test), or, when none has, only the
+    grid's chance test. The family adjustment is left to :func:`~cxr_robust.stats.apply_family`."""
+    import numpy as np
+
+    keys = list(decisions)
+    hits = np.stack([result.hits(r, k) for r, k in keys], axis=1)
+    chances = np.array([k / result.n_candidates for _, k in keys])
+    compared = [i for i, key in enumerate(keys) if decisions[key].baseline is not None]
+    grid = GridDecision(model=result.model, mode="unpaired" if compared else "none",
+                        measured=float(hits[:, compared].mean()) if compared else float(hits.mean()),
+                        baseline=None, chance=float(chances.mean()), n_cells=len(compared),
+                        n_queries=result.n_queries, chance_p=grid_chance_p(hits, chances),
+                        rule=rule.describe("unpaired"))
+    if compared:
+        base = [decisions[keys[i]] for i in compared]
+        grid.baseline = float(np.mean([d.baseline for d in base]))
+        n_base = min(d.baseline_n_queries or result.n_queries for d in base)
+        grid.p_value, grid.extras = grid_test_unpaired(hits[:, compared], grid.baseline, n_base)
+    return grid
 
 
 def merge_cells(old: list[BaselineCell], new: list[BaselineCell]) -> tuple[list[BaselineCell], dict[str, int]]:

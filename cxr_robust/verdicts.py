@@ -40,15 +40,15 @@ def model_tally(model: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
     """Counts of a measured model's cells by state (grid test included under ``grid_*``)."""
     cells = [c for c in model.get("cells") or [] if isinstance(c, Mapping)]
     states = [cell_state(c, config) for c in cells]
-    grid = model.get("grid") if isinstance(model.get("grid"), Mapping) else {}
-    grid_failed = grid.get("passed") is False or grid.get("chance_passed") is False
+    grid = model.get("grid")
+    # A grid without a baseline is not counted as missing again: its cells already are.
+    grid_failed = isinstance(grid, Mapping) and cell_state(grid, config) == FAIL
     compared = sum(s in (PASS, FAIL) and c.get("baseline") is not None for s, c in zip(states, cells))
     return {"cells": len(cells), "compared": compared, "passed": states.count(PASS),
             "failed": states.count(FAIL), "missing": states.count(MISSING),
             "not_compared": states.count(NOT_COMPARED), "recorded": states.count(RECORDED),
             "chance_failed": sum(1 for c in cells if c.get("chance_passed") is False),
-            "grid_failed": int(grid_failed and not config.get("update_baselines") or
-                               grid.get("chance_passed") is False)}
+            "grid_failed": int(grid_failed)}
 
 
 def model_verdict(model: Mapping[str, Any], config: Mapping[str, Any]) -> str:
@@ -117,9 +117,7 @@ def annotate(doc: dict[str, Any]) -> dict[str, Any]:
                 cell["state"] = cell_state(cell, config)
         grid = m.get("grid")
         if isinstance(grid, dict):
-            compared = bool(grid.get("n_cells"))
-            grid["state"] = (cell_state(grid, config) if compared or grid.get("chance_passed") is False
-                             else (NOT_COMPARED if config.get("allow_missing_baseline") else MISSING))
+            grid["state"] = cell_state(grid, config)
         m["verdict"] = model_verdict(m, config)
         if m.get("status") == "measured":
             m["tally"] = model_tally(m, config)

@@ -316,3 +316,23 @@ def test_check_data_reads_pyproject_and_manifests(tmp_path: Path, capsys: pytest
     assert "evaluation set: 3 studies / 3 images" in capsys.readouterr().out
     manifest.write_text("image_path,study_id\nx.jpg,s1\n")
     assert main(["check-data", "--project", str(tmp_path), "--manifest", str(manifest)]) == EXIT_USAGE
+
+
+def test_a_grid_below_chance_fails_the_cli_run_even_when_missing_baselines_are_allowed() -> None:
+    """With --allow-missing-baseline no cell is compared; a grid clearly below chance must still fail the run
+    (it used to be left out of the CLI's failures whenever the grid had no baseline)."""
+    from types import SimpleNamespace
+
+    from cxr_robust.cli import _failing
+    from cxr_robust.gate import GateOptions
+    from cxr_robust.stats import CellDecision, GridDecision
+
+    cell = CellDecision(model="m", ratio=0.0, k=5, measured=0.0, n_queries=100, n_candidates=50, chance=0.1,
+                        baseline=None)
+    grid = GridDecision(model="m", mode="none", measured=0.0, baseline=None, chance=0.1, n_cells=0, n_queries=100,
+                        chance_passed=False)
+    run = SimpleNamespace(decisions={(0.0, 5): cell}, grid=grid)
+    assert _failing(run, GateOptions(allow_missing_baseline=True)) == [grid]
+    grid.chance_passed = True
+    assert _failing(run, GateOptions(allow_missing_baseline=True)) == []
+    assert _failing(run, GateOptions()) == [cell]  # without the option the cell's missing baseline fails
