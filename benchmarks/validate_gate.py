@@ -103,7 +103,7 @@ def gate_default(ref: SweepResult, cand: SweepResult, alpha: float) -> dict[str,
     rule = GateRule(alpha=alpha)
     cells = [CellInput(cand.model, r, k, v, cand.n_queries, cand.n_candidates)
              for r, by_k in cand.grid().items() for k, v in by_k.items()]
-    decisions = {(d.ratio, d.k): d for d in decide(cells, rule)}
+    decisions = {(d.condition, d.k): d for d in decide(cells, rule)}
     grid = compare_paired(cand, decisions, ref.counts, ref.image_ids, ref.seed, rule)
     apply_family(list(decisions.values()), grid, alpha)
     return _failures(decisions, grid)
@@ -115,7 +115,7 @@ def gate_unpaired(ref: SweepResult, cand: SweepResult, alpha: float) -> dict[str
     ref_grid = ref.grid()
     cells = [CellInput(cand.model, r, k, v, cand.n_queries, cand.n_candidates, ref_grid[r][k], ref.n_queries)
              for r, by_k in cand.grid().items() for k, v in by_k.items()]
-    decisions = {(d.ratio, d.k): d for d in decide(cells, rule)}
+    decisions = {(d.condition, d.k): d for d in decide(cells, rule)}
     grid = grid_unpaired(cand, decisions, rule)
     apply_family(list(decisions.values()), grid, alpha)
     return _failures(decisions, grid)

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from cxr_robust import __version__
 from cxr_robust.atomic import OutputError, atomic_open, check_writable_dir, check_writable_file
+from cxr_robust.baselines import severity_text
 from cxr_robust.exit_codes import EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, SUMMARY, help_text
 
 if TYPE_CHECKING:
     from cxr_robust.gate import GateOptions
+    from cxr_robust.perturbations import Condition
 
 __all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser",
            "compare_documents", "compare_paired", "find_ranks", "main", "weights_status"]
@@ -71,8 +73,15 @@ _GATE_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
      "encoder precision: fp32 (default) or fp16/bf16 autocast (check rank agreement first)"),
     (("--ratios", "--cxr-ratios"), "ratios", {"metavar": "P,P"},
      "occluded area in percent (default 0,0.25,1,4,9,25,49,81)"),
+    (("--perturbations", "--cxr-perturbations"), "perturbations", {"metavar": "NAME,NAME"},
+     "perturbations to measure, or all (default occlusion, the paper's grid; `cxr-robust perturbations` lists them)"),
+    (("--severities", "--cxr-severities"), "severities", {"metavar": "SPEC"},
+     "severities per perturbation, e.g. 'gaussian_noise=1,3,5;occlusion=0,25' (occlusion in percent; "
+     "default 1-5, occlusion --ratios)"),
+    (("--reference-model", "--cxr-reference-model"), "reference_model", {"metavar": "MODEL"},
+     "a measured model to express corruption errors relative to (mCE)"),
     (("--ks", "--cxr-ks"), "ks", {"metavar": "K,K"}, "retrieval depths (default 5,10,20,30,50,100)"),
-    (("--seed", "--cxr-seed"), "seed", {"metavar": "N"}, "occlusion seed (default 0)"),
+    (("--seed", "--cxr-seed"), "seed", {"metavar": "N"}, "perturbation seed: boxes, noise, ... (default 0)"),
     (("--batch-size", "--cxr-batch-size"), "batch_size", {"metavar": "N"},
      "images/texts per forward pass (default 64; raise it on a GPU)"),
     (("--cache-dir", "--cxr-cache-dir"), "cache_dir", {"metavar": "DIR"},
@@ -205,7 +214,7 @@ def _describe_cell(d: Any) -> str:
         why.append("no baseline: record one with --update-baselines, or pass --allow-missing-baseline")
     if not d.chance_passed:
         why.append("clearly BELOW chance: scoring or the report index is broken")
-    where = "grid (all cells pooled)" if not hasattr(d, "ratio") else f"occ{100 * d.ratio:g}% k{d.k}"
+    where = "grid (all cells pooled)" if not hasattr(d, "condition") else f"{d.condition.token} k{d.k}"
     return (f"{where}: measured {100 * d.measured:.2f}%, {base}, chance {100 * d.chance:.2f}%: {'; '.join(why)}")
 
 
@@ -383,10 +392,6 @@ def _load(path: str) -> dict[str, Any]:
 
 
 # ----- compare --------------------------------------------------------------------------------------------------
-def _ratio_key(ratio: float) -> float:
-    return round(float(ratio) * 100.0, 4)
-
-
 def find_ranks(results_dir: Path, model: str) -> Path | None:
     """The ranks file a run wrote for ``model`` (``<dir>/ranks/*.npz`` whose metadata names it), if any.
 
@@ -405,10 +410,10 @@ def find_ranks(results_dir: Path, model: str) -> Path | None:
 
 
 def compare_paired(ranks_a: Path, ranks_b: Path, ks: Sequence[int],
-                   alpha: float) -> dict[tuple[float, int], dict] | None:
+                   alpha: float) -> dict[tuple[Condition, int], dict] | None:
     """Paired per-cell decisions (B against A) from two ranks files via ``cxr_robust.paired.paired_decide``.
 
-    Returns ``{(occlusion_pct, k): decision dict}`` (Holm-adjusted over the model's grid), or None when
+    Returns ``{(condition, k): decision dict}`` (Holm-adjusted over the model's grid), or None when
     that module is not installed or the runs cannot be paired (other images or report set): the caller
     then falls back to unpaired differences.
     """
@@ -429,12 +434,14 @@ def compare_paired(ranks_a: Path, ranks_b: Path, ks: Sequence[int],
     out = {}
     for d in decisions:
         row = d.as_dict() if hasattr(d, "as_dict") else asdict(d) if is_dataclass(d) else dict(d)
-        out[(_ratio_key(row["ratio"]), int(row["k"]))] = row
+        out[(d.condition, int(d.k))] = row
     return out
 
 
-def _cells(doc: dict) -> dict[tuple[str, float, int], dict]:
-    return {(m["model"], _ratio_key(c["ratio"]), int(c["k"])): c for m in doc["models"] if m.get("status") == "measured"
+def _cells(doc: dict) -> dict[tuple[str, Condition, int], dict]:
+    from cxr_robust.results import cell_condition
+
+    return {(m["model"], cell_condition(c), int(c["k"])): c for m in doc["models"] if m.get("status") == "measured"
             for c in m["cells"]}
 
 
@@ -450,7 +457,7 @@ def compare_documents(doc_a: dict, doc_b: dict, dir_a: Path | None = None, dir_b
     paired: dict[str, dict | None] = {}
     rows = []
     for key in sorted(set(a) & set(b)):
-        model, occ, k = key
+        model, cond, k = key
         ca, cb = a[key], b[key]
         if model not in paired:
             ra = find_ranks(dir_a, model) if dir_a else None
@@ -458,9 +465,9 @@ def compare_documents(doc_a: dict, doc_b: dict, dir_a: Path | None = None, dir_b
             ks = sorted({kk for (m, _, kk) in a if m == model})
             paired[model] = compare_paired(ra, rb, ks, alpha) if ra and rb else None
         va, vb = float(ca["measured"]), float(cb["measured"])
-        row = {"model": model, "occlusion_pct": occ, "k": k, "a_pct": 100 * va, "b_pct": 100 * vb,
-               "diff_pp": 100 * (vb - va)}
-        decision = (paired[model] or {}).get((occ, k))
+        row = {"model": model, "perturbation": cond.perturbation, "severity": severity_text(cond), "k": k,
+               "a_pct": 100 * va, "b_pct": 100 * vb, "diff_pp": 100 * (vb - va)}
+        decision = (paired[model] or {}).get((cond, k))
         if decision is not None:
             row.update(test="paired", p=decision.get("p_adjusted"), method=decision.get("method"),
                        verdict="worse" if decision.get("passed") is False else "")
@@ -522,7 +529,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     only_a = set(_cells(doc_a)) - set(_cells(doc_b))
     only_b = set(_cells(doc_b)) - set(_cells(doc_a))
     if not rows:
-        raise UsageProblem(f"{args.a} and {args.b} have no measured cell in common (same model, occlusion, k)")
+        raise UsageProblem(f"{args.a} and {args.b} have no measured cell in common (same model, perturbation, severity, k)")
     _print_comparison(args, rows, only_a, only_b)
     if args.csv:
         _write_comparison_csv(args.csv, rows)
@@ -534,14 +541,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _print_comparison(args: argparse.Namespace, rows: list[dict[str, Any]], only_a: set, only_b: set) -> None:
     """The comparison table and its summary lines on stdout."""
     _say(f"A = {args.a}\nB = {args.b}\n")
-    header = (f"{'model':<24} {'occ %':>6} {'k':>4} {'A %':>8} {'B %':>8} {'B-A pp':>8}  {'test':<8} "
+    header = (f"{'model':<24} {'condition':<18} {'k':>4} {'A %':>8} {'B %':>8} {'B-A pp':>8}  {'test':<8} "
               f"{'detail':<26} verdict")
     _say(header)
     _say("-" * len(header))
     for r in rows:
         detail = (f"Holm p = {r['p']:.2g}" if r.get("p") is not None else "") if r["test"] == "paired" else \
             f"95% CI [{r['ci_pp'][0]:+.2f}, {r['ci_pp'][1]:+.2f}]" if "ci_pp" in r else ""
-        _say(f"{r['model']:<24} {r['occlusion_pct']:>6g} {r['k']:>4} {r['a_pct']:>8.2f} {r['b_pct']:>8.2f} "
+        cond = f"{r['perturbation']} {r['severity']}"
+        _say(f"{r['model']:<24} {cond:<18} {r['k']:>4} {r['a_pct']:>8.2f} {r['b_pct']:>8.2f} "
              f"{r['diff_pp']:>+8.2f}  {r['test']:<8} {detail:<26} {r['verdict']}")
     worse = [r for r in rows if r["verdict"] == "worse"]
     tests = sorted({r["test"] for r in rows})
@@ -556,7 +564,7 @@ def _print_comparison(args: argparse.Namespace, rows: list[dict[str, Any]], only
 def _write_comparison_csv(path: str, rows: list[dict[str, Any]]) -> None:
     """The comparison rows as CSV, written atomically (OutputError naming ``--csv`` otherwise)."""
     with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["model", "occlusion_pct", "k", "a_pct", "b_pct", "diff_pp", "test",
+        w = csv.DictWriter(fh, fieldnames=["model", "perturbation", "severity", "k", "a_pct", "b_pct", "diff_pp", "test",
                                            "p", "method", "ci_pp", "verdict"], lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
@@ -601,6 +609,26 @@ def weights_status(name: str, options: "GateOptions") -> dict[str, Any]:
 
         status["bert_vocab"] = str(find_bert_vocab(options.bert_vocab, model_name=repr(name)))
     return status
+
+
+def cmd_perturbations(args: argparse.Namespace) -> int:
+    """List registered perturbations: name, test-id token, group, the parameter per level and its source."""
+    from cxr_robust.perturbations import available, get_perturbation
+
+    rows = []
+    for name in available():
+        p = get_perturbation(name)
+        levels = ", ".join(f"{p.format_severity(s)}={p.parameter(s)!r}" for s in p.default_severities if s)
+        rows.append({"name": p.name, "id": p.id_token(p.default_severities[-1]), "group": p.group,
+                     "parameter": p.parameter_name, "levels": levels, "source": p.source,
+                     "description": p.description})
+    if args.json:
+        _say(json.dumps(rows, indent=1))
+        return EXIT_OK
+    for r in rows:
+        _say(f"{r['name']:<16} {r['group']:<10} e.g. {r['id']}\n    {r['description']}\n"
+             f"    {r['parameter']}: {r['levels']}\n    source: {r['source']}")
+    return EXIT_OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -831,6 +859,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_project_args(p)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("perturbations", help="registered perturbations, their levels and sources",
+                       formatter_class=fmt,
+                       description="List the perturbations --perturbations accepts, with the parameter of each "
+                                   "severity and where it comes from (docs/perturbations.md).")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_perturbations)
 
     p = sub.add_parser("check-data", help="validate a MIMIC-CXR root or a manifest and print its counts",
                        epilog=_EPILOG_CHECK, formatter_class=fmt,

@@ -62,7 +62,8 @@ ENV_VARS: dict[str, str] = {
 }
 """GateOptions field -> environment variable (the same names the pytest plugin documents)."""
 
-_STR = {"dataset", "mimic_split", "views", "device", "precision", "text_policy", "on_bad_image"}
+_STR = {"dataset", "mimic_split", "views", "device", "precision", "text_policy", "on_bad_image", "severities",
+        "reference_model"}
 _PATH = {"mimic_root", "mimic_reports", "manifest", "weights_dir", "bert_vocab", "cache_dir", "report_dir",
          "baselines_dir", "compare_to"}
 _INT = {"phantom_studies", "seed", "batch_size", "data_seed"}
@@ -166,6 +167,16 @@ def _text_policy(value: Any, key: str, where: str) -> str:
         raise ConfigError(f"{where}: {key} must be one of {names}; got {value!r}") from None
 
 
+def _perturbations(value: Any, label: str, where: str) -> tuple[str, ...]:
+    """Registered perturbation names (``all`` expands), or a ConfigError saying which names are close."""
+    from cxr_robust.perturbations import parse_perturbations
+
+    try:
+        return parse_perturbations([str(v) for v in _items(value, label, where)])
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{where}: {label}: {str(exc).strip(chr(39))}") from None
+
+
 def parse_layer(raw: Mapping[str, Any], where: str, base_dir: Path | None = None,
                 labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Typed GateOptions overrides from values as a person writes them; ``None`` and ``""`` mean "not set".
@@ -201,6 +212,11 @@ def _parse_value(key: str, value: Any, where: str, base_dir: Path | None, label:
         if bad:
             raise ConfigError(f"{where}: {label} are occluded area in percent, in [0, 100); got {bad}")
         return tuple(p / 100.0 for p in pct)
+    if key == "perturbations":
+        return _perturbations(value, label, where)
+    if key == "severities" and isinstance(value, Mapping):  # a TOML table: {gaussian_noise = [1, 3]}
+        return ";".join(f"{name}={','.join(str(v) for v in _items(levels, label, where))}"
+                        for name, levels in value.items())
     if key == "ks":
         ks = [_number(v, int, label, where) for v in _items(value, label, where)]
         if any(k < 1 for k in ks):

@@ -1,9 +1,11 @@
-"""The occlusion sweep for one (model, dataset): texts once, images decoded once, one image pass per ratio.
+"""The sweep for one (model, dataset): texts once, images decoded once, one image pass per condition.
 
-Unlike the paper's Algorithm 1 (one model call per image-report pair, a fresh occlusion in the inner loop),
-each report is encoded once per model and cached on disk, each image is decoded and preprocessed once, each
-(image, ratio) is occluded once from a seed derived from (run seed, image id, ratio), and all pairs are
-scored with one matrix product per ratio. Every k comes from the same ranks.
+A condition is a perturbation at a severity (:class:`~cxr_robust.perturbations.Condition`; the paper's grid
+is occlusion at its eight ratios). Unlike the paper's Algorithm 1 (one model call per image-report pair, a
+fresh occlusion in the inner loop), each report is encoded once per model and cached on disk, each image is
+decoded and preprocessed once, each (image, condition) is perturbed once from a seed derived from (run seed,
+image id, perturbation, severity), the clean images are encoded once whichever perturbations are measured,
+and all pairs are scored with one matrix product per condition. Every k comes from the same ranks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_DECODED_BYTES, MAX_PIX
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.text_policy import TextPolicy
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
-from cxr_robust.occlusion import check_ratio, occlude_batch, sample_boxes
+from cxr_robust.perturbations import CLEAN_CACHE_ENTRY, Condition, as_condition, params_to
 from cxr_robust.precision import autocast, check_precision
 
 if TYPE_CHECKING:
@@ -44,10 +46,12 @@ class NonFiniteEmbeddingError(FloatingPointError):
 class SweepConfig:
     """What a sweep measures and how. ``device=None`` picks CUDA when present."""
 
+    conditions: tuple[Condition, ...] = ()
+    """What to measure, in order; empty: occlusion at ``ratios`` (the paper's grid)."""
     ratios: tuple[float, ...] = PAPER_RATIOS
+    """Backward compatibility: occlusion ratios (fractions), used only when ``conditions`` is empty."""
     ks: tuple[int, ...] = PAPER_KS
     seed: int = 0
-    fill: int = 0
     batch_size: int = 64  # on 2 CPU cores 64 beat 16-1,024 by 3-30 % (cache-friendly); raise it on a GPU
     device: str | None = None
     precision: str = "fp32"
@@ -60,13 +64,17 @@ class SweepConfig:
     progress: bool | None = None
     on_bad_image: str = "error"
     """``error``: an unusable image file stops the sweep, naming it. ``skip``: it is left out of the queries
-    of every ratio, counted by reason in ``SweepResult.meta["skipped_images"]`` (its report stays a candidate)."""
+    of every condition, counted by reason in ``SweepResult.meta["skipped_images"]`` (its report stays a candidate)."""
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_on_bad("on_bad_image", self.on_bad_image)
-        for r in self.ratios:
-            check_ratio(r)
+        conditions = tuple(as_condition(c) for c in (self.conditions or self.ratios))
+        for c in conditions:
+            c.spec().check_severity(c.severity)  # an unknown name or a bad severity fails here, naming it
+        if len(set(conditions)) != len(conditions):
+            raise ValueError(f"conditions repeat: {[c.key for c in conditions]}")
+        object.__setattr__(self, "conditions", conditions)
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive integers, got {self.ks}")
         if self.batch_size < 1:
@@ -75,7 +83,10 @@ class SweepConfig:
 
 @dataclass
 class SweepResult:
-    """Per-ratio rank counts of every query, the Recall@k grid, and the run's metadata (ids and numbers only)."""
+    """Per-condition rank counts of every query, the Recall@k grid, and the run's metadata (ids and numbers only).
+
+    Methods taking a condition also take a bare number, read as an occlusion ratio (backward compatibility).
+    """
 
     model: str
     dataset: str
@@ -83,7 +94,7 @@ class SweepResult:
     text_policy: str
     seed: int
     ks: tuple[int, ...]
-    counts: dict[float, RankCounts]
+    counts: dict[Condition, RankCounts]
     image_ids: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     tie_policy: str = "expected"
@@ -98,17 +109,21 @@ class SweepResult:
         """N."""
         return next(iter(self.counts.values())).n_candidates
 
-    def recall(self, ratio: float, k: int) -> float:
-        """Recall@k (a fraction) at occlusion ``ratio``."""
-        return recall_at_k(self.counts[ratio], [k], self.tie_policy)[k]
+    def recall(self, condition: Condition | float, k: int) -> float:
+        """Recall@k (a fraction) at ``condition``."""
+        return recall_at_k(self.counts[as_condition(condition)], [k], self.tie_policy)[k]
 
-    def grid(self) -> dict[float, dict[int, float]]:
-        """``{ratio: {k: recall}}`` for every measured cell."""
-        return {r: recall_at_k(c, self.ks, self.tie_policy) for r, c in self.counts.items()}
+    def grid(self) -> dict[Condition, dict[int, float]]:
+        """``{condition: {k: recall}}`` for every measured cell."""
+        return {c: recall_at_k(rc, self.ks, self.tie_policy) for c, rc in self.counts.items()}
 
-    def hits(self, ratio: float, k: int) -> np.ndarray:
+    def hits(self, condition: Condition | float, k: int) -> np.ndarray:
         """Per-query hits at depth ``k`` (expected value under ties): the input of paired tests."""
-        return self.counts[ratio].hits(k, self.tie_policy)
+        return self.counts[as_condition(condition)].hits(k, self.tie_policy)
+
+    def perturbations(self) -> list[str]:
+        """The measured perturbations, in measurement order."""
+        return list(dict.fromkeys(c.perturbation for c in self.counts))
 
 
 def pick_device(device: str | None = None) -> str:
@@ -233,26 +248,31 @@ def encode_texts(model: "RetrievalModel", texts: list[str], study_ids: list[str]
     return torch.cat(out).numpy()
 
 
-def encode_occluded(model: "RetrievalModel", pixels: "torch.Tensor", image_ids: list[str], ratio: float,
-                    config: SweepConfig, device: str, contract: dict[str, int] | None = None) -> np.ndarray:
-    """Occlude every image at ``ratio`` (boxes seeded per image id) and embed, batch by batch on ``device``.
+def encode_perturbed(model: "RetrievalModel", pixels: "torch.Tensor", image_ids: list[str],
+                     condition: Condition, config: SweepConfig, device: str,
+                     contract: dict[str, int] | None = None) -> np.ndarray:
+    """Perturb every image at ``condition`` (draws seeded per image id) and embed, batch by batch on ``device``.
 
-    Rows the model did not return with unit norm are normalised and counted in ``contract["image"]``.
+    Parameters are sampled per batch on the CPU (they depend only on each image's id, so batching does not
+    change them) and applied on ``device``. Rows the model did not return with unit norm are normalised and
+    counted in ``contract["image"]``.
     """
     import torch
 
     contract = {} if contract is None else contract
+    spec = condition.spec()
     _, _, h, w = pixels.shape
-    boxes = torch.from_numpy(sample_boxes(image_ids, ratio, config.seed, h, w))
     out = []
     starts = range(0, pixels.shape[0], config.batch_size)
     with torch.inference_mode(), autocast(device, config.precision):
-        for s in _progress(starts, len(starts), f"{model.name}: occ {ratio:.2%}", config.progress):
+        for s in _progress(starts, len(starts), f"{model.name}: {condition.label}", config.progress):
+            ids = image_ids[s:s + config.batch_size]
             batch = pixels[s:s + config.batch_size].to(device, non_blocking=True)
-            if ratio > 0:  # ratio 0 is the identity: skip a full pass over the pixels
-                batch = occlude_batch(batch, boxes[s:s + config.batch_size].to(device), fill=config.fill)
+            if not condition.is_clean:  # severity 0 is the identity: skip a full pass over the pixels
+                params = spec.sample_params(ids, condition.severity, config.seed, h, w)
+                batch = spec.apply(batch, params_to(params, device), condition.severity)
             emb = model.encode_images(batch).float().cpu()
-            check_finite(emb, image_ids[s:s + config.batch_size], model.name, f"image (occlusion {ratio:.2%})")
+            check_finite(emb, ids, model.name, f"image ({condition.label})")
             out.append(normalise_checked(emb, contract, "image"))
     return torch.cat(out).numpy()
 
@@ -271,11 +291,11 @@ def _versions() -> dict[str, str]:
 
 def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig = SweepConfig(),
               cache: EmbeddingCache | None = None,
-              on_ratio: Callable[[float, RankCounts], None] | None = None,
+              on_condition: Callable[[Condition, RankCounts], None] | None = None,
               code_modules: Sequence[str] = ()) -> SweepResult:
-    """Measure Recall@k of ``model`` on ``data`` at every ratio of ``config``.
+    """Measure Recall@k of ``model`` on ``data`` at every condition of ``config``.
 
-    Text embeddings (and, with ``config.cache_images``, occluded-image embeddings) are read from ``cache``
+    Text embeddings (and, with ``config.cache_images``, perturbed-image embeddings) are read from ``cache``
     when present, so a rerun encodes nothing that has not changed and an interrupted run resumes. The cache
     key holds the model's identity (:func:`~cxr_robust.models.identity.model_identity`: its weights as loaded
     and the source of its code, plus ``code_modules``, e.g. the registry factory's module).
@@ -323,7 +343,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     image_fp = data.image_fingerprint() if config.cache_images else None
 
     # Which images are queries: all of them, or (on_bad_image="skip") the usable ones, decided once for
-    # every ratio. The per-image status is cached, so a fully cached rerun decodes nothing.
+    # every condition. The per-image status is cached, so a fully cached rerun decodes nothing.
     queries = np.arange(data.num_images)
     skipped = {reason: 0 for reason in BAD_IMAGE_REASONS}
     skipped_ids: list[str] = []
@@ -361,10 +381,14 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     query_ids = [data.image_ids[i] for i in queries]
     query_study = data.image_study[queries]
     counts: dict[float, RankCounts] = {}
-    for ratio in config.ratios:
+    clean_counts: RankCounts | None = None  # every severity 0 is the same clean pass: encoded and scored once
+    for condition in config.conditions:
         t0 = time.perf_counter()
+        if condition.is_clean and clean_counts is not None:
+            counts[condition] = clean_counts
+            continue
 
-        def compute_images(ratio: float = ratio) -> np.ndarray:
+        def compute_images(condition: Condition = condition) -> np.ndarray:
             nonlocal pixels
             if pixels is None:
                 t_dec = time.perf_counter()
@@ -372,11 +396,13 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
                                            config.draft_decode, queries if skipped_ids else None)
                 timings["decode_s"] = time.perf_counter() - t_dec
             encoded["images"] += len(query_ids)
-            return encode_occluded(model, pixels, query_ids, ratio, config, device, contract)
+            return encode_perturbed(model, pixels, query_ids, condition, config, device, contract)
 
         if config.cache_images:
-            image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), "ratio": ratio,
-                         "seed": config.seed, "fill": config.fill, "draft": config.draft_decode,
+            spec = condition.spec()
+            entry = CLEAN_CACHE_ENTRY if condition.is_clean else spec.cache_entry(condition.severity)
+            image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), **entry,
+                         "seed": config.seed, "draft": config.draft_decode,
                          "decode_size": model.decode_size, "versions": {**lib, "pillow": versions.get("pillow")},
                          "device_kind": device.split(":")[0], "precision": config.precision}
             if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
@@ -384,10 +410,12 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             image_emb, _ = cache.get_or_compute("image", image_key, compute_images)
         else:
             image_emb = compute_images()
-        counts[ratio] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, query_study)
-        timings[f"ratio_{ratio:g}_s"] = time.perf_counter() - t0
-        if on_ratio:
-            on_ratio(ratio, counts[ratio])
+        counts[condition] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, query_study)
+        if condition.is_clean:
+            clean_counts = counts[condition]
+        timings[f"{condition.key}_s"] = time.perf_counter() - t0
+        if on_condition:
+            on_condition(condition, counts[condition])
 
     timings["total_s"] = time.perf_counter() - t_start
     if contract:
@@ -399,7 +427,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         "model": model.name, "model_fingerprint": fp, "dataset": data.name, "dataset_counts": data.counts(),
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
         "credentialed": data.credentialed, "device": device, "precision": config.precision, "seed": config.seed,
-        "fill": config.fill,
+        "conditions": [c.key for c in config.conditions],
         "batch_size": config.batch_size, "draft_decode": config.draft_decode, "text_policy": policy.value,
         "tie_policy": config.tie_policy, "on_bad_image": config.on_bad_image,
         "skipped_images": skipped, "skipped_image_ids": skipped_ids,

@@ -16,6 +16,8 @@ from cxr_robust import PAPER_KS, PAPER_RATIOS, verdicts
 from cxr_robust.baselines import BaselineCell, BaselineError, BaselineTable, write_table
 from cxr_robust.data.retrieval_set import check_on_bad
 from cxr_robust.models import DEMO_MODEL, PAPER_MODELS, get_spec
+from cxr_robust.perturbations import (DEFAULT_PERTURBATIONS, Condition, as_condition, conditions_for,
+                                      parse_perturbations, parse_severities)
 from cxr_robust.precision import check_precision
 from cxr_robust.results import ModelOutcome, build_document, git_revision, save_ranks, write_results
 from cxr_robust.stats import (CellDecision, CellInput, GateRule, GridDecision, apply_family, decide, grid_chance_p,
@@ -51,7 +53,12 @@ class GateOptions:
     bert_vocab: str | None = None
     device: str | None = None
     precision: str = "fp32"
+    perturbations: tuple[str, ...] = DEFAULT_PERTURBATIONS
+    """Registered perturbation names (``all``: every one); the default is the paper's occlusion grid."""
+    severities: str | None = None
+    """Severities per perturbation, ``"gaussian_noise=1,3;occlusion=0,25"``; unnamed ones keep their defaults."""
     ratios: tuple[float, ...] = PAPER_RATIOS
+    """The occlusion severities (fractions; ``--cxr-ratios`` in percent), unless ``severities`` names occlusion."""
     ks: tuple[int, ...] = PAPER_KS
     seed: int = 0
     batch_size: int = 64
@@ -68,6 +75,8 @@ class GateOptions:
     summaries: bool = True
     allow_missing_baseline: bool = False
     refresh_cache: bool = False
+    reference_model: str | None = None
+    """A measured model to express every model's corruption error relative to (the mCE-style figure)."""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -81,6 +90,16 @@ class GateOptions:
         if len(set(self.ratios)) != len(self.ratios) or len(set(self.ks)) != len(self.ks):
             raise ValueError(f"occlusion ratios and ks must not repeat (got ratios {list(self.ratios)}, "
                              f"ks {list(self.ks)})")
+        try:  # unknown names and bad severities fail here, before any loading, saying what is close
+            self.perturbations = parse_perturbations(self.perturbations)
+            self.conditions()
+        except KeyError as exc:
+            raise ValueError(str(exc)) from None
+
+    def conditions(self) -> tuple[Condition, ...]:
+        """The measured conditions in order: each perturbation's severities (plus the clean images)."""
+        return conditions_for(parse_severities(self.severities, self.perturbations,
+                                               defaults={"occlusion": tuple(self.ratios)}))
 
     def check_grid(self, n_candidates: int, dataset: str) -> None:
         """Raise :class:`GateUsageError` when a k exceeds the ``n_candidates`` reports of ``dataset``."""
@@ -109,7 +128,7 @@ class ModelRun:
 
     model: str
     result: "SweepResult | None" = None
-    decisions: dict[tuple[float, int], CellDecision] = field(default_factory=dict)
+    decisions: dict[tuple[Condition, int], CellDecision] = field(default_factory=dict)
     grid: GridDecision | None = None
     mode: str = "none"
     """``paired`` (recorded per-query ranks), ``unpaired`` (a baseline table) or ``none`` (no baseline)."""
@@ -118,10 +137,9 @@ class ModelRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def cell_id(model: str, ratio: float, k: int) -> str:
-    """Readable test id of a cell, e.g. ``cxr-clip-swint-occ25-k10`` or ``clip-occ0.25-k5``."""
-    pct = f"{ratio * 100:.4f}".rstrip("0").rstrip(".")
-    return f"{model}-occ{pct}-k{k}"
+def cell_id(model: str, condition: Condition | float, k: int) -> str:
+    """Readable test id of a cell, e.g. ``cxr-clip-swint-occ25-k10`` or ``phantom-clip-gauss_noise-s3-k10``."""
+    return f"{model}-{as_condition(condition).token}-k{k}"
 
 
 class GateSession:
@@ -246,7 +264,7 @@ class GateSession:
             spec = get_spec(model)
             net = load_model(model, weights=o.weights.get(model), weights_dir=o.weights_dir,
                              **({"bert_vocab": o.bert_vocab} if spec.needs_bert_vocab else {}))
-            config = SweepConfig(ratios=tuple(o.ratios), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
+            config = SweepConfig(conditions=o.conditions(), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
                                  device=o.device, precision=o.precision, text_policy=o.text_policy,
                                  on_bad_image=o.on_bad_image)
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
@@ -256,10 +274,10 @@ class GateSession:
             # or preprocessing of a built-in class).
             run.result = run_sweep(net, data, config, cache, code_modules=(spec.factory.partition(":")[0],))
             self._compare(run, self.baseline_row(model, run.result))
-            if o.summaries and len(o.ratios) >= 2:  # a curve summary needs two points; one ratio has none
-                from cxr_robust.summaries import robustness_summary
+            if o.summaries:
+                from cxr_robust.summaries import perturbation_summaries
 
-                run.summary = robustness_summary(run.result.counts, run.result.ks, n_boot=1000, seed=o.seed)
+                run.summary = perturbation_summaries(run.result.counts, run.result.ks, n_boot=1000, seed=o.seed)
         except Exception as exc:  # remembered and reported by every cell of the model
             run.error = exc
         return run
@@ -296,14 +314,14 @@ class GateSession:
         assert result is not None
         table, _ = self.baseline_for(run.model, row)
         cells = []
-        for ratio, by_k in result.grid().items():
+        for cond, by_k in result.grid().items():
             for k, measured in by_k.items():
-                base = table.get(row, k, ratio) if table is not None else None
-                cells.append(CellInput(model=result.model, ratio=ratio, k=k, measured=measured,
+                base = table.get(row, k, cond) if table is not None else None
+                cells.append(CellInput(model=result.model, condition=cond, k=k, measured=measured,
                                        n_queries=result.n_queries, n_candidates=result.n_candidates,
                                        baseline=base.recall if base else None,
                                        baseline_n_queries=base.n_queries if base else None))
-        decisions = {(d.ratio, d.k): d for d in decide(cells, self.rule)}
+        decisions = {(d.condition, d.k): d for d in decide(cells, self.rule)}
         run.decisions = decisions
         try:
             ref_path = self.reference_ranks(row, result.dataset, result.seed)
@@ -319,7 +337,7 @@ class GateSession:
         apply_family(list(decisions.values()), run.grid, self.options.alpha)
 
     def _apply_paired(self, result: "SweepResult", path: Path,
-                      decisions: dict[tuple[float, int], CellDecision]) -> GridDecision:
+                      decisions: dict[tuple[Condition, int], CellDecision]) -> GridDecision:
         """Replace the cells' raw p-values by paired ones against ``path`` and return the paired grid test."""
         from cxr_robust.results import load_ranks
 
@@ -366,7 +384,9 @@ class GateSession:
         modes = sorted({r.mode for r in self._runs.values() if r.result is not None} - {"none"}) or ["unpaired"]
         rule = " | ".join(self.rule.describe(m) for m in modes)
         run = {"config": self.options.effective(), "rule": rule, "dataset": dataset, "git": git_revision(self.rootdir)}
-        return verdicts.annotate(build_document(self.outcomes(), run))
+        from cxr_robust.summaries import add_corruption_summary
+
+        return verdicts.annotate(add_corruption_summary(build_document(self.outcomes(), run)))
 
     def write_outputs(self, doc: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write JSON/CSV results and the HTML report (of ``doc``, default this session's) into the report dir."""
@@ -384,7 +404,7 @@ class GateSession:
         """Record the measured cells (and per-query ranks) of the measured models in the baselines directory.
 
         Merges: only the cells measured now are added or changed, every other row of the table (other
-        models, datasets, ratios, ks) is kept; each file is replaced atomically. Refuses
+        models, datasets, conditions, ks) is kept; each file is replaced atomically. Refuses
         (:class:`BaselineUpdateRefused`, nothing written) when a configured model errored. Returns the files
         written and one line per file saying how many cells were added, changed and kept.
         """
@@ -399,10 +419,10 @@ class GateSession:
                 continue
             res = run.result
             row = self.baseline_row(model, res)
-            new = [BaselineCell(model=row, dataset=res.dataset, k=k, ratio=r, recall=v, n_queries=res.n_queries,
-                                n_candidates=res.n_candidates, seed=str(res.seed),
+            new = [BaselineCell(model=row, dataset=res.dataset, k=k, condition=c, recall=v,
+                                n_queries=res.n_queries, n_candidates=res.n_candidates, seed=str(res.seed),
                                 source=f"{RECORDED_SOURCE} ({res.meta.get('device')})")
-                   for r, by_k in res.grid().items() for k, v in by_k.items()]
+                   for c, by_k in res.grid().items() for k, v in by_k.items()]
             table, _ = self.baseline_for(model, row)
             recorded = table is not None and all(c.source.startswith(RECORDED_SOURCE) for c in table.for_model(row))
             # Published numbers (the paper's Table 1) are never overwritten: a measurement goes to its own file.
@@ -424,7 +444,7 @@ class GateSession:
         """Per-query ranks of every measured model as ``directory/ranks/<row>__<dataset>__seed<N>.npz``.
 
         These are the input of paired comparisons (the default wherever they exist in ``baselines/ranks``,
-        ``--cxr-compare-to``, ``cxr-robust compare``). With ``merge``, ratios recorded earlier in the same
+        ``--cxr-compare-to``, ``cxr-robust compare``). With ``merge``, conditions recorded earlier in the same
         file for the same images and not measured now are kept.
         """
         from cxr_robust.paired import ranks_filename
@@ -447,10 +467,10 @@ class GateSession:
                     self.notes.append(f"{path} could not be read and was replaced: {exc}")
                     old_counts, old_ids, old_meta = {}, list(res.image_ids), {}
                 if list(old_ids) == list(res.image_ids):
-                    kept = {r: c for r, c in old_counts.items() if not any(abs(r - q) < 1e-9 for q in counts)}
+                    kept = {c: v for c, v in old_counts.items() if c not in counts}
                     if kept and old_meta.get("model_fingerprint") != meta["model_fingerprint"]:
-                        self.notes.append(f"{path}: kept {len(kept)} ratio(s) recorded from a different model "
-                                          "(its fingerprint differs); record every ratio again to keep the "
+                        self.notes.append(f"{path}: kept {len(kept)} condition(s) recorded from a different model "
+                                          "(its fingerprint differs); record every condition again to keep the "
                                           "reference consistent")
                     counts = {**kept, **counts}
                 else:
@@ -460,28 +480,29 @@ class GateSession:
         return written
 
 
-def compare_paired(result: "SweepResult", decisions: dict[tuple[float, int], CellDecision],
-                   ref_counts: dict[float, Any], ref_ids: list[str], ref_seed: Any, rule: GateRule,
+def compare_paired(result: "SweepResult", decisions: dict[tuple[Condition, int], CellDecision],
+                   ref_counts: dict[Condition, Any], ref_ids: list[str], ref_seed: Any, rule: GateRule,
                    label: str = "recorded ranks") -> GridDecision:
     """The gate's paired comparison (its default wherever recorded ranks exist): set each cell's raw paired
     p-value (exact McNemar / sign-flip on per-query hits) and return the paired grid test.
 
-    Only the ratios both runs measured are paired; the family adjustment is left to
+    Only the conditions both runs measured are paired; the family adjustment is left to
     :func:`~cxr_robust.stats.apply_family`. Queries are matched by image id.
     """
     import numpy as np
 
     from cxr_robust.paired import align_ids, paired_decide
 
-    seeds = ("same occlusion seed" if ref_seed == result.seed else
-             f"reference seed {ref_seed}, run seed {result.seed}: the boxes differ, so the test is valid but "
-             "less sensitive; record the reference with the run's seed")
-    shared = [r for r in result.counts if any(abs(r - q) < 1e-9 for q in ref_counts)]
-    ref_for = {r: next(c for q, c in ref_counts.items() if abs(r - q) < 1e-9) for r in shared}
+    seeds = ("same perturbation seed" if ref_seed == result.seed else
+             f"reference seed {ref_seed}, run seed {result.seed}: the random draws differ, so the test is valid "
+             "but less sensitive; record the reference with the run's seed")
+    ref_counts = {as_condition(c): v for c, v in ref_counts.items()}
+    shared = [c for c in result.counts if c in ref_counts]
+    ref_for = {c: ref_counts[c] for c in shared}
     text = rule.describe("paired") + f" ({label}; {seeds})"
     for p in paired_decide(ref_for, {r: result.counts[r] for r in shared}, ref_ids, result.image_ids,
                            result.ks, alpha=rule.alpha, seed=result.seed):
-        d = decisions[(p.ratio, p.k)]
+        d = decisions[(p.condition, p.k)]
         d.baseline, d.baseline_n_queries = p.reference, p.n_queries
         d.p_value, d.tolerance, d.se = p.p_value, None, None
         d.rule = text
@@ -499,7 +520,7 @@ def compare_paired(result: "SweepResult", decisions: dict[tuple[float, int], Cel
                         rule=text, extras={**numbers, "reference_seed": ref_seed, "run_seed": result.seed})
 
 
-def grid_unpaired(result: "SweepResult", decisions: dict[tuple[float, int], CellDecision],
+def grid_unpaired(result: "SweepResult", decisions: dict[tuple[Condition, int], CellDecision],
                   rule: GateRule) -> GridDecision:
     """The grid test against the cells that have a table baseline (a z-test), or, when none has, only the
     grid's chance test. The family adjustment is left to :func:`~cxr_robust.stats.apply_family`."""
@@ -523,11 +544,11 @@ def grid_unpaired(result: "SweepResult", decisions: dict[tuple[float, int], Cell
 
 
 def merge_cells(old: list[BaselineCell], new: list[BaselineCell]) -> tuple[list[BaselineCell], dict[str, int]]:
-    """``old`` with the cells of ``new`` added or replaced (same model, dataset, k and ratio), in stable order."""
-    from cxr_robust.baselines import ratio_key
+    """``old`` with the cells of ``new`` added or replaced (same model, dataset, k and condition), in stable
+    order."""
 
     def key(c: BaselineCell) -> tuple:
-        return (c.model, c.dataset, c.k, ratio_key(c.ratio))
+        return (c.model, c.dataset, c.k, c.condition)
 
     fresh = {key(c): c for c in new}
     counts = {"added": 0, "changed": 0, "unchanged": 0, "kept": 0}

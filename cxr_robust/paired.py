@@ -1,7 +1,7 @@
 """Paired comparison of a candidate run against a recorded reference run on the same queries.
 
 Both runs rank the same images against the same reports, so each query contributes a pair of per-query
-hits ``(h_ref, h_cand)`` and the test looks only at the queries whose hit changed. Per (ratio, k):
+hits ``(h_ref, h_cand)`` and the test looks only at the queries whose hit changed. Per (condition, k):
 
 * ``d_i = h_ref_i - h_cand_i`` (positive: the candidate lost the hit). ``b = sum(max(d, 0))`` and
   ``c = sum(max(-d, 0))`` are the discordant counts (expected counts when ties make hits fractional).
@@ -32,6 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cxr_robust.metrics import RankCounts, check_ks
+from cxr_robust.perturbations.base import Condition, as_condition
 from cxr_robust.stats import bootstrap_means, holm
 
 _EPS = 1e-9  # float slack when comparing sums of fractional hits (exact fractions have denominators <= N)
@@ -39,9 +40,9 @@ _EPS = 1e-9  # float slack when comparing sums of fractional hits (exact fractio
 
 @dataclass
 class PairedDecision:
-    """The paired verdict on one (ratio, k) cell; recalls and ``diff = candidate - reference`` are fractions."""
+    """The paired verdict on one (condition, k) cell; recalls and ``diff = candidate - reference`` are fractions."""
 
-    ratio: float
+    condition: Condition
     k: int
     reference: float
     candidate: float
@@ -56,8 +57,8 @@ class PairedDecision:
     min_drop: float = 0.0
 
     def as_dict(self) -> dict:
-        """JSON-serialisable form."""
-        return asdict(self)
+        """JSON-serialisable form (the condition as its ``perturbation@severity`` key)."""
+        return {**asdict(self), "condition": self.condition.key}
 
 
 def align_ids(ref_ids: Sequence[str], cand_ids: Sequence[str]) -> np.ndarray | None:
@@ -181,13 +182,13 @@ def paired_cell(ref_hits: np.ndarray, cand_hits: np.ndarray, min_drop: float = 0
             "c": float(np.clip(-d, 0, None).sum()), "p_value": p, "method": method}
 
 
-def paired_decide(reference_counts: Mapping[float, RankCounts], candidate_counts: Mapping[float, RankCounts],
+def paired_decide(reference_counts: Mapping[Condition, RankCounts], candidate_counts: Mapping[Condition, RankCounts],
                   ref_ids: Sequence[str], cand_ids: Sequence[str], ks: Sequence[int], alpha: float = 0.05,
                   min_drop: float = 0.0, policy: str = "expected", n_perm: int = 20000,
                   seed: int = 0) -> list[PairedDecision]:
-    """Paired verdicts for every (ratio, k) of the candidate, Holm-adjusted over that grid.
+    """Paired verdicts for every (condition, k) of the candidate, Holm-adjusted over that grid.
 
-    Every ratio the candidate measured must exist in the reference (extra reference ratios are ignored);
+    Every condition the candidate measured must exist in the reference (extra reference ones are ignored);
     queries are matched by image id (see :func:`align_ids`).
     """
     if not 0 < alpha < 1:
@@ -195,22 +196,25 @@ def paired_decide(reference_counts: Mapping[float, RankCounts], candidate_counts
     if min_drop < 0:
         raise ValueError(f"min_drop must be >= 0 (a fraction, e.g. 0.01 for 1 point), got {min_drop}")
     index = align_ids(ref_ids, cand_ids)
-    missing = [r for r in candidate_counts if r not in reference_counts]
+    reference_counts = {as_condition(c): v for c, v in reference_counts.items()}
+    candidate_counts = {as_condition(c): v for c, v in candidate_counts.items()}
+    missing = [c.label for c in candidate_counts if c not in reference_counts]
     if missing:
-        raise ValueError(f"the reference run has no ranks at occlusion ratio(s) {missing} (it has "
-                         f"{sorted(reference_counts)}); record a reference with the same ratios")
+        raise ValueError(f"the reference run has no ranks at {', '.join(missing)} (it has "
+                         f"{', '.join(c.label for c in sorted(reference_counts))}); record a reference with the "
+                         "same perturbations and severities")
     out: list[PairedDecision] = []
-    for ratio in sorted(candidate_counts):
-        ref, cand = reference_counts[ratio], _reorder(candidate_counts[ratio], index)
+    for cond in sorted(candidate_counts):
+        ref, cand = reference_counts[cond], _reorder(candidate_counts[cond], index)
         if ref.n_candidates != cand.n_candidates:
-            raise ValueError(f"at ratio {ratio}: reference ranked {ref.n_candidates} reports, candidate "
+            raise ValueError(f"at {cond.label}: reference ranked {ref.n_candidates} reports, candidate "
                              f"{cand.n_candidates}; both runs must rank the same report set")
         if ref.n_queries != len(ref_ids):
-            raise ValueError(f"at ratio {ratio}: reference has ranks for {ref.n_queries} queries but "
+            raise ValueError(f"at {cond.label}: reference has ranks for {ref.n_queries} queries but "
                              f"{len(ref_ids)} image ids")
         for k in check_ks(ks, ref.n_candidates):
             cell = paired_cell(ref.hits(k, policy), cand.hits(k, policy), min_drop, n_perm, seed)
-            out.append(PairedDecision(ratio=ratio, k=k, p_adjusted=1.0, passed=True, n_queries=ref.n_queries,
+            out.append(PairedDecision(condition=cond, k=k, p_adjusted=1.0, passed=True, n_queries=ref.n_queries,
                                       min_drop=min_drop, **cell))
     for dec, p_adj in zip(out, holm([d.p_value for d in out]) if out else []):
         dec.p_adjusted = float(p_adj)

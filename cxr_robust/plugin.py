@@ -1,8 +1,8 @@
-"""pytest plugin: the robustness gate as parametrized tests over model x occlusion ratio x k.
+"""pytest plugin: the robustness gate as parametrized tests over model x perturbation x severity x k.
 
 Registered through the ``pytest11`` entry point, so any project that installs cxr-robust gets the options
 and the ``gate_cell`` fixture. A test module asks for ``gate_cell`` and is parametrized with one case per
-(model, ratio, k); see ``tests/test_robustness.py``::
+(model, condition, k); see ``tests/test_robustness.py``::
 
     @pytest.mark.robustness
     def test_recall_not_below_baseline(gate_cell):
@@ -21,6 +21,7 @@ import pytest
 
 if TYPE_CHECKING:
     from cxr_robust.gate import GateSession, ModelRun
+    from cxr_robust.perturbations import Condition
 
 _SESSION_KEY: "pytest.StashKey[GateSession]" = pytest.StashKey()
 
@@ -44,8 +45,16 @@ _OPTIONS: dict[str, tuple[str, str | None, str]] = {
                       "fp32 (default), fp16 or bf16 autocast around the encoders; check rank agreement first "
                       "(benchmarks/precision_agreement.py)"),
     "cxr_ratios": ("cxr_robust_ratios", None, "comma-separated occlusion ratios in percent (default: the paper's)"),
+    "cxr_perturbations": ("cxr_robust_perturbations", None,
+                          "comma-separated perturbations to measure, or 'all' (default: occlusion, the paper's "
+                          "grid); `cxr-robust perturbations` lists them"),
+    "cxr_severities": ("cxr_robust_severities", None,
+                       "severities per perturbation, e.g. 'gaussian_noise=1,3,5;occlusion=0,25' (occlusion in "
+                       "percent; default: 1-5, occlusion: --cxr-ratios)"),
+    "cxr_reference_model": ("cxr_robust_reference_model", None,
+                            "a measured model to express every model's corruption error relative to (mCE)"),
     "cxr_ks": ("cxr_robust_ks", None, "comma-separated k (default: 5,10,20,30,50,100)"),
-    "cxr_seed": ("cxr_robust_seed", None, "occlusion seed (default 0)"),
+    "cxr_seed": ("cxr_robust_seed", None, "perturbation seed: boxes, noise and other random draws (default 0)"),
     "cxr_batch_size": ("cxr_robust_batch_size", None, "images/texts per forward pass (default 64; raise it on a GPU)"),
     "cxr_cache_dir": ("cxr_robust_cache_dir", "CXR_ROBUST_CACHE_DIR", "embedding cache (default ~/.cache/cxr_robust)"),
     "cxr_report": ("cxr_robust_report", None, "directory for report.html, results.json, results.csv "
@@ -161,6 +170,8 @@ _FIELDS = {"cxr_models": "models", "cxr_dataset": "dataset", "phantom_studies": 
            "mimic_root": "mimic_root", "mimic_reports": "mimic_reports", "mimic_split": "mimic_split",
            "cxr_views": "views", "cxr_manifest": "manifest", "weights_dir": "weights_dir", "bert_vocab": "bert_vocab",
            "cxr_device": "device", "cxr_precision": "precision", "cxr_ratios": "ratios", "cxr_ks": "ks",
+           "cxr_perturbations": "perturbations", "cxr_severities": "severities",
+           "cxr_reference_model": "reference_model",
            "cxr_seed": "seed",
            "cxr_batch_size": "batch_size", "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir",
            "cxr_baselines": "baselines", "cxr_alpha": "alpha", "on_bad_image": "on_bad_image",
@@ -201,20 +212,20 @@ def _session(config: pytest.Config) -> "GateSession":
 
 @dataclass(frozen=True)
 class CellParam:
-    """The parameter of one gate case: which model, ratio and k (both None: the model's grid test)."""
+    """The parameter of one gate case: which model, condition and k (both None: the model's grid test)."""
 
     model: str
-    ratio: float | None
+    condition: "Condition | None"
     k: int | None
 
     @property
     def is_grid(self) -> bool:
         """True for the case that tests the model's grid as a whole."""
-        return self.ratio is None
+        return self.condition is None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize every test that uses ``gate_cell`` with the configured model x ratio x k grid, plus one
+    """Parametrize every test that uses ``gate_cell`` with the configured model x condition x k grid, plus one
     ``<model>-grid`` case per model (the pooled test of the whole grid)."""
     if "gate_cell" not in metafunc.fixturenames:
         return
@@ -224,8 +235,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for m in options.models:
         params.append(pytest.param(CellParam(m, None, None), id=f"{m}-grid", marks=[pytest.mark.xdist_group(m)]))
-        params += [pytest.param(CellParam(m, r, k), id=cell_id(m, r, k), marks=[pytest.mark.xdist_group(m)])
-                   for r in options.ratios for k in options.ks]
+        params += [pytest.param(CellParam(m, c, k), id=cell_id(m, c, k), marks=[pytest.mark.xdist_group(m)])
+                   for c in options.conditions() for k in options.ks]
     metafunc.parametrize("gate_cell", params, indirect=True)
 
 
@@ -244,7 +255,7 @@ class GateCell:
         self.run = run
         self.session = session
         # a CellDecision, or the model's GridDecision for the grid case
-        self.decision: Any = run.grid if param.is_grid else run.decisions[(param.ratio, param.k)]
+        self.decision: Any = run.grid if param.is_grid else run.decisions[(param.condition, param.k)]
 
     @property
     def measured(self) -> float:
@@ -264,7 +275,7 @@ class GateCell:
     def _where(self) -> str:
         if self.param.is_grid:
             return f"{self.param.model}: the grid as a whole"
-        return f"{self.param.model} at {100 * self.param.ratio:g}% occlusion, k = {self.param.k},"
+        return f"{self.param.model} at {self.param.condition.label}, k = {self.param.k},"
 
     def check_baseline(self) -> None:
         """Fail when the value is significantly below its baseline, or when it has no baseline at all
@@ -324,7 +335,7 @@ def cxr_gate(request: pytest.FixtureRequest) -> "GateSession":
 
 @pytest.fixture
 def gate_cell(request: pytest.FixtureRequest, cxr_gate: "GateSession") -> GateCell:
-    """One (model, ratio, k) cell of the gate; skips (or fails with --require-all) when it cannot run."""
+    """One (model, condition, k) cell of the gate; skips (or fails with --require-all) when it cannot run."""
     param: CellParam = request.param
     reason = cxr_gate.unavailable_reason(param.model)
     if reason:

@@ -95,11 +95,30 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def _ratio_label(ratio: Any) -> str:
-    """Occlusion ratio in %, e.g. 0.0025 -> ``0.25``, as Table 1 prints it."""
-    if not _is_num(ratio):
-        return str(ratio)
-    return f"{100 * ratio:.4f}".rstrip("0").rstrip(".")
+def _severity_label(perturbation: str, severity: Any) -> str:
+    """A severity as its perturbation prints it: occlusion in % of the area (``0.25 %``, as Table 1), levels as
+    ``s3``; a perturbation that is not installed here prints the raw number."""
+    from cxr_robust.perturbations import get_perturbation
+
+    if not _is_num(severity):
+        return str(severity)
+    try:
+        text = get_perturbation(perturbation).format_severity(float(severity))
+    except KeyError:
+        return f"{severity:g}"
+    return text.replace("%", " %")
+
+
+def _condition(c: dict) -> tuple[str, float | None]:
+    """``(perturbation, severity)`` of a results cell (older files: occlusion at ``ratio``)."""
+    if c.get("perturbation") is None:
+        return "occlusion", c.get("ratio") if _is_num(c.get("ratio")) else None
+    return str(c["perturbation"]), c.get("severity") if _is_num(c.get("severity")) else None
+
+
+def _perturbations(cells: Sequence[dict]) -> list[str]:
+    """The perturbations of a model's cells, in measurement order."""
+    return list(dict.fromkeys(_condition(c)[0] for c in cells))
 
 
 def _dict(value: Any) -> dict:
@@ -298,10 +317,14 @@ def _first_meta(doc: dict, key: str) -> dict:
 
 # ----- per-model grid, summary and plot ---------------------------------------------------------------------
 def _axes(cells: Sequence[dict]) -> tuple[list, list]:
-    """Sorted distinct ratios and ks of a model's cells."""
-    ratios = sorted({c.get("ratio") for c in cells if _is_num(c.get("ratio"))})
+    """Sorted distinct severities and ks of one perturbation's cells."""
+    severities = sorted({_condition(c)[1] for c in cells if _condition(c)[1] is not None})
     ks = sorted({c.get("k") for c in cells if _is_num(c.get("k"))})
-    return ratios, ks
+    return severities, ks
+
+
+def _of(cells: Sequence[dict], perturbation: str) -> list[dict]:
+    return [c for c in cells if _condition(c)[0] == perturbation]
 
 
 def _cell_title(c: dict) -> str:
@@ -310,7 +333,8 @@ def _cell_title(c: dict) -> str:
     paired = _dict(_dict(c.get("extras")).get("paired"))
     test = (f"paired: {_num(paired.get('b'))} queries lost the hit, {_num(paired.get('c'))} gained it"
             if paired else f"tolerance {'±' + format(100 * tol, '.2f') + ' pp' if _is_num(tol) else '—'}")
-    parts = [f"Recall@{c.get('k')} at {_ratio_label(c.get('ratio'))} % occlusion",
+    name, sev = _condition(c)
+    parts = [f"Recall@{c.get('k')} at {name} {_severity_label(name, sev)}",
              f"measured {_pct(c.get('measured'))}, baseline {_pct(c.get('baseline'))}", test,
              f"family-adjusted p = {_num(c.get('p_adjusted'))}",
              f"chance k/N = {_pct(c.get('chance'), 3)} (adjusted p = {_num(c.get('chance_p_adjusted'))}, "
@@ -335,24 +359,23 @@ def _grid_cell(c: dict | None) -> str:
             f"<div class=base>base {_e(_pct(base))}</div><div class=diff>{_e(_pp(diff))}</div></td>")
 
 
-def _grid(model: dict) -> str:
-    """Table 1's shape: rows k, columns occlusion ratio in %."""
-    cells = [c for c in model.get("cells") or [] if isinstance(c, dict)]
-    ratios, ks = _axes(cells)
-    by = {(c.get("ratio"), c.get("k")): c for c in cells}
-    head = "".join(f"<th>{_e(_ratio_label(r))} %</th>" for r in ratios)
-    rows = "".join(f"<tr><th>k = {_e(k)}</th>{''.join(_grid_cell(by.get((r, k))) for r in ratios)}</tr>"
+def _grid(model: dict, perturbation: str = "occlusion") -> str:
+    """Table 1's shape for one perturbation: rows k, columns severity (occlusion: ratio in %)."""
+    cells = _of([c for c in model.get("cells") or [] if isinstance(c, dict)], perturbation)
+    severities, ks = _axes(cells)
+    by = {(_condition(c)[1], c.get("k")): c for c in cells}
+    head = "".join(f"<th>{_e(_severity_label(perturbation, r))}</th>" for r in severities)
+    rows = "".join(f"<tr><th>k = {_e(k)}</th>{''.join(_grid_cell(by.get((r, k))) for r in severities)}</tr>"
                    for k in ks)
-    return (f"<table class=grid><caption>Recall@k (%) by occlusion ratio — measured, baseline, difference"
-            f"</caption><tr><th>k \\ occlusion</th>{head}</tr>{rows}</table>"
+    return (f"<table class=grid><caption>Recall@k (%) by {_e(perturbation)} severity — measured, baseline, "
+            f"difference</caption><tr><th>k \\ {_e(perturbation)}</th>{head}</tr>{rows}</table>"
             "<p class=legend><span class=pass>pass</span><span class=fail>fail</span>"
             "<span class=nobase>not compared</span><span class=badge>chance</span> chance check failed · "
             "hover a cell for tolerance, adjusted p, chance level, N and M</p>")
 
 
-def _summary(model: dict, credentialed: bool) -> str:
-    """Robustness summaries (AUC, relative drop...) rendered generically; empty when there are none."""
-    summary = _dict(model.get("summary"))
+def _summary(summary: dict, credentialed: bool) -> str:
+    """One perturbation's robustness summary (AUC, relative drop...) rendered generically; empty when none."""
     if not summary:
         return ""
     return f"<div><h4>Summary</h4>{_kv_table(summary, credentialed, cls='kv summary')}</div>"
@@ -377,19 +400,24 @@ def _polyline(points: list[tuple[float, float]], colour: str, dash: str | None, 
             f"{dash_attr} stroke-linejoin='round'/>")
 
 
-def plot_svg(model: dict, plot_id: str) -> str:
-    """Recall@k vs occlusion ratio: solid measured, dashed baseline, dotted chance (k/N), one colour per k.
+def plot_svg(model: dict, plot_id: str, perturbation: str = "occlusion") -> str:
+    """Recall@k vs one perturbation's severity: solid measured, dashed baseline, dotted chance (k/N), one colour
+    per k. A perturbation measured without its own severity 0 starts from the run's clean cells.
 
-    The x axis is categorical (evenly spaced) because the ratios crowd near 0 (0, 0.25, 1, 4 %...).
+    The x axis is categorical (evenly spaced) because occlusion severities crowd near 0 (0, 0.25, 1, 4 %...).
     """
-    cells = [c for c in model.get("cells") or [] if isinstance(c, dict)]
-    ratios, ks = _axes(cells)
-    if not ratios or not ks:
+    every = [c for c in model.get("cells") or [] if isinstance(c, dict)]
+    cells = _of(every, perturbation)
+    if not any(_condition(c)[1] == 0 for c in cells):  # every severity 0 is the same clean pass
+        clean = {c.get("k"): c for c in every if _condition(c)[1] == 0}
+        cells = [{**c, "perturbation": perturbation, "severity": 0.0} for c in clean.values()] + cells
+    severities, ks = _axes(cells)
+    if not severities or not ks:
         return ""
-    by = {(c.get("ratio"), c.get("k")): c for c in cells}
+    by = {(_condition(c)[1], c.get("k")): c for c in cells}
     width, height, left, right, top, bottom = 760, 380, 60, 170, 20, 60
     pw, ph = width - left - right, height - top - bottom
-    xs = {r: left + pw * (i + 0.5) / len(ratios) for i, r in enumerate(ratios)}
+    xs = {r: left + pw * (i + 0.5) / len(severities) for i, r in enumerate(severities)}
 
     def y(v: float) -> float:
         return top + ph * (1 - min(max(v, 0.0), 1.0))
@@ -398,7 +426,7 @@ def plot_svg(model: dict, plot_id: str) -> str:
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' role='img' aria-labelledby='{plot_id}-t {plot_id}-d' "
            "font-family='system-ui, sans-serif' "
            f"width='{width}' height='{height}' viewBox='0 0 {width} {height}'>",
-           f"<title id='{plot_id}-t'>Recall@k of {_e(name)} versus occlusion ratio</title>",
+           f"<title id='{plot_id}-t'>Recall@k of {_e(name)} versus {_e(perturbation)} severity</title>",
            f"<desc id='{plot_id}-d'>Solid lines: measured Recall@k; dashed: baseline; dotted: chance level k/N; "
            f"one colour per k ({_e(', '.join(str(k) for k in ks))}).</desc>",
            f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='#fff' stroke='#999'/>"]
@@ -409,35 +437,39 @@ def plot_svg(model: dict, plot_id: str) -> str:
     for r, x in xs.items():
         out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top + ph}' y2='{top + ph + 4}' stroke='#555'/>"
                    f"<text x='{x:.1f}' y='{top + ph + 17}' font-size='11' text-anchor='middle'>"
-                   f"{_e(_ratio_label(r))}</text>")
+                   f"{_e(_severity_label(perturbation, r))}</text>")
+    axis = ("occlusion ratio (% of image area; evenly spaced categories)" if perturbation == "occlusion"
+            else f"{perturbation} severity level (0 = clean)")
     out.append(f"<text x='{left + pw / 2:.1f}' y='{height - 18}' font-size='12' text-anchor='middle'>"
-               "occlusion ratio (% of image area; evenly spaced categories)</text>"
+               f"{_e(axis)}</text>"
                f"<text x='16' y='{top + ph / 2:.1f}' font-size='12' text-anchor='middle' "
                f"transform='rotate(-90 16 {top + ph / 2:.1f})'>Recall@k (%)</text>")
     for i, k in enumerate(ks):
-        out.extend(_k_series(k, K_COLOURS[i % len(K_COLOURS)], ratios, xs, by, y, left, pw))
+        out.extend(_k_series(k, K_COLOURS[i % len(K_COLOURS)], severities, xs, by, y, left, pw, perturbation))
     out.extend(_plot_legend(ks, left + pw + 14, top))
     out.append("</svg>")
     return "".join(out)
 
 
-def _k_series(k: int, colour: str, ratios: list, xs: dict, by: dict, y: Any, left: float, pw: float) -> list[str]:
+def _k_series(k: int, colour: str, severities: list, xs: dict, by: dict, y: Any, left: float, pw: float,
+              perturbation: str = "occlusion") -> list[str]:
     """Chance line, baseline (dashed), measured (solid) with markers, failing points ringed in red."""
-    cells = [by.get((r, k)) for r in ratios]
+    cells = [by.get((r, k)) for r in severities]
     out = []
     chance = next((c.get("chance") for c in cells if c and _is_num(c.get("chance"))), None)
     if chance is not None:
         out.append(f"<line x1='{left}' x2='{left + pw}' y1='{y(chance):.1f}' y2='{y(chance):.1f}' "
                    f"stroke='{colour}' stroke-width='1.2' stroke-dasharray='1 3'/>")
-    base = [(xs[r], y(c["baseline"]) if c and _is_num(c.get("baseline")) else None) for r, c in zip(ratios, cells)]
-    meas = [(xs[r], y(c["measured"]) if c and _is_num(c.get("measured")) else None) for r, c in zip(ratios, cells)]
+    base = [(xs[r], y(c["baseline"]) if c and _is_num(c.get("baseline")) else None) for r, c in zip(severities, cells)]
+    meas = [(xs[r], y(c["measured"]) if c and _is_num(c.get("measured")) else None) for r, c in zip(severities, cells)]
     out.extend(_polyline(s, colour, "6 4", 1.5) for s in _segments(base))
     out.extend(_polyline(s, colour, None, 2.2) for s in _segments(meas))
-    for r, c in zip(ratios, cells):
+    for r, c in zip(severities, cells):
         if not c or not _is_num(c.get("measured")):
             continue
         cx, cy = xs[r], y(c["measured"])
-        tip = (f"k={k}, {_ratio_label(r)} %: {_pct(c['measured'])} (baseline {_pct(c.get('baseline'))}, "
+        tip = (f"k={k}, {_severity_label(perturbation, r)}: {_pct(c['measured'])} (baseline "
+               f"{_pct(c.get('baseline'))}, "
                f"{cell_state(c)})")
         out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='3' fill='{colour}'><title>{_e(tip)}</title></circle>")
         if cell_state(c) in verdicts.FAILING_STATES:
@@ -488,8 +520,45 @@ def _model_section(model: dict, index: int, credentialed: bool) -> str:
             "</span>.</p>")
     if not t["cells"]:
         return head + "<p class=muted>No cells were recorded for this model.</p>" + _encodings(meta)
-    return (head + _encodings(meta) + f"<div class=row><div>{_grid(model)}</div>{_summary(model, credentialed)}</div>"
-            + plot_svg(model, f"plot-{index}"))
+    cells = [c for c in model.get("cells") or [] if isinstance(c, dict)]
+    names = _perturbations(cells)
+    body = [_across(model, names)]
+    summaries = _dict(model.get("summary"))
+    for j, name in enumerate(names):
+        title = f"<h3>{_e(name)}</h3>" if len(names) > 1 or name != "occlusion" else ""
+        # Documents written before perturbations existed hold one summary, not one per perturbation.
+        summary = _dict(summaries.get(name)) if name in summaries or len(names) > 1 else summaries
+        body.append(f"{title}<div class=row><div>{_grid(model, name)}</div>{_summary(summary, credentialed)}</div>"
+                    + plot_svg(model, f"plot-{index}-{j}", name))
+    return head + _encodings(meta) + "".join(body)
+
+
+def _across(model: dict, names: list[str]) -> str:
+    """The summary across perturbations: mean relative drop per perturbation and k, and the mCE-style figure
+    when the run names a reference model; empty for a run of one perturbation."""
+    corruption = _dict(model.get("corruption"))
+    if len(names) < 2 or not corruption:
+        return ""
+    ks = list(corruption)
+    rows = []
+    for name in names:
+        drops = [_dict(_dict(_dict(corruption[k]).get("per_perturbation")).get(name)).get("mean_relative_drop")
+                 for k in ks]
+        ce = [_dict(_dict(corruption[k]).get("mce")).get("ce", {}).get(name) for k in ks]
+        cols = "".join(f"<td>{_e(_pct(d))}{'' if c is None else f' · CE {c:.2f}'}</td>" for d, c in zip(drops, ce))
+        rows.append(f"<tr><th>{_e(name)}</th>{cols}</tr>")
+    mean = "".join(f"<td><b>{_e(_pct(_dict(corruption[k]).get('mean_relative_drop')))}</b></td>" for k in ks)
+    rows.append(f"<tr><th>mean over perturbations</th>{mean}</tr>")
+    mce_row = [_dict(_dict(corruption[k]).get("mce")) for k in ks]
+    if any(m.get("mce") is not None for m in mce_row):
+        ref = next(m.get("reference") for m in mce_row if m.get("reference"))
+        rows.append(f"<tr><th>mCE vs {_e(ref)}</th>"
+                    + "".join(f"<td><b>{'—' if m.get('mce') is None else format(m['mce'], '.3f')}</b></td>"
+                              for m in mce_row) + "</tr>")
+    head = "".join(f"<th>k = {_e(k)}</th>" for k in ks)
+    return ("<table class=grid><caption>Across perturbations: mean relative drop of Recall@k over severities "
+            "1-5 (1 − R(s)/R(clean)); CE = Σ(1 − R) relative to the reference model (below 1: more robust)"
+            f"</caption><tr><th>perturbation</th>{head}</tr>{''.join(rows)}</table>")
 
 
 # ----- skipped / errored, examples, metadata ----------------------------------------------------------------

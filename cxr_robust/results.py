@@ -19,10 +19,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from cxr_robust.atomic import atomic_open, atomic_write_text, check_writable_dir
+from cxr_robust.baselines import severity_text
 from cxr_robust.metrics import RankCounts
+from cxr_robust.perturbations.base import Condition, as_condition
 
 SCHEMA = "cxr-robust/results/1"
-CSV_COLUMNS = ("model", "dataset", "k", "occlusion_pct", "recall_pct", "baseline_pct", "diff_pct",
+CSV_COLUMNS = ("model", "dataset", "perturbation", "severity", "k", "recall_pct", "baseline_pct", "diff_pct",
                "tolerance_pct", "chance_pct", "n_queries", "n_candidates", "passed", "chance_mode",
                "chance_passed", "p_adjusted", "seed")
 PAPER_COUNTS = {"studies": 994, "images": 1770}
@@ -83,7 +85,9 @@ def merge_documents(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if part.get("dataset", {}).get("counts"):
             merged["dataset"] = part["dataset"]
     merged["models"] = list(models.values())
-    return merged
+    from cxr_robust.summaries import add_corruption_summary  # figures across models need every worker's part
+
+    return add_corruption_summary(merged)
 
 
 def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -92,8 +96,10 @@ def csv_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for m in doc["models"]:
         for c in m["cells"]:
             pct = (lambda v: None if v is None else round(100 * v, 4))
+            cond = cell_condition(c)
             rows.append({"model": m["model"], "dataset": doc.get("dataset", {}).get("name"), "k": c["k"],
-                         "occlusion_pct": round(100 * c["ratio"], 4), "recall_pct": pct(c["measured"]),
+                         "perturbation": cond.perturbation, "severity": severity_text(cond),
+                         "recall_pct": pct(c["measured"]),
                          "baseline_pct": pct(c.get("baseline")),
                          "diff_pct": None if c.get("baseline") is None else pct(c["measured"] - c["baseline"]),
                          "tolerance_pct": pct(c.get("tolerance")), "chance_pct": pct(c["chance"]),
@@ -137,16 +143,30 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def save_ranks(path: str | Path, counts: dict[float, RankCounts], image_ids: list[str],
+def cell_condition(cell: dict[str, Any]) -> Condition:
+    """The condition of a results cell (a cell without ``perturbation`` is an occlusion cell of an older file)."""
+    if cell.get("perturbation") is None:
+        return Condition("occlusion", float(cell["ratio"]))
+    return Condition(str(cell["perturbation"]), float(cell["severity"]))
+
+
+def _ranks_name(condition: Condition) -> str:
+    # Occlusion arrays keep the names they had before perturbations existed ("above_0.25"), so recorded files
+    # stay byte-compatible; other conditions are named by their key ("above_gaussian_noise@3.0").
+    return repr(condition.severity) if condition.perturbation == "occlusion" else condition.key
+
+
+def save_ranks(path: str | Path, counts: dict[Condition, RankCounts], image_ids: list[str],
                meta: dict[str, Any]) -> Path:
-    """Per-query rank counts of every ratio (for paired comparisons), written atomically as ``.npz``."""
+    """Per-query rank counts of every condition (for paired comparisons), written atomically as ``.npz``."""
     path = Path(path)
     arrays: dict[str, Any] = {"image_ids": np.array(image_ids, dtype=str),
                               "meta": np.array(json.dumps(meta, sort_keys=True, default=_jsonable))}
-    for ratio, c in counts.items():
-        arrays[f"above_{ratio!r}"] = c.above
-        arrays[f"ties_{ratio!r}"] = c.ties
-        arrays[f"n_{ratio!r}"] = np.array(c.n_candidates)
+    for cond, c in counts.items():
+        name = _ranks_name(as_condition(cond))
+        arrays[f"above_{name}"] = c.above
+        arrays[f"ties_{name}"] = c.ties
+        arrays[f"n_{name}"] = np.array(c.n_candidates)
     with atomic_open(path, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     return path
@@ -162,7 +182,7 @@ class RanksFileError(ValueError):
         self.path = Path(path)
 
 
-def load_ranks(path: str | Path) -> tuple[dict[float, RankCounts], list[str], dict[str, Any]]:
+def load_ranks(path: str | Path) -> tuple[dict[Condition, RankCounts], list[str], dict[str, Any]]:
     """Inverse of :func:`save_ranks`.
 
     A missing file raises ``FileNotFoundError``; a damaged one or one of another kind raises
@@ -186,7 +206,7 @@ def load_ranks(path: str | Path) -> tuple[dict[float, RankCounts], list[str], di
         raise RanksFileError(path, _load_problem(exc)) from None
 
 
-def _parse_ranks(npz: Any) -> tuple[dict[float, RankCounts], list[str], dict[str, Any]]:
+def _parse_ranks(npz: Any) -> tuple[dict[Condition, RankCounts], list[str], dict[str, Any]]:
     """The contents of an opened ranks ``.npz``, checked for the arrays :func:`save_ranks` writes."""
     absent = [name for name in ("image_ids", "meta") if name not in npz.files]
     if absent:
@@ -201,10 +221,12 @@ def _parse_ranks(npz: Any) -> tuple[dict[float, RankCounts], list[str], dict[str
             r = name[len("above_"):]
             above, ties = npz[name], npz[f"ties_{r}"]
             if above.shape != (len(image_ids),) or ties.shape != (len(image_ids),):
-                raise _Malformed(f"ratio {r}: {above.shape[0] if above.ndim else 0} ranks for {len(image_ids)} images")
-            counts[float(r)] = RankCounts(above, ties, int(npz[f"n_{r}"]))
+                raise _Malformed(f"condition {r}: {above.shape[0] if above.ndim else 0} ranks for "
+                                 f"{len(image_ids)} images")
+            cond = Condition.from_key(r) if "@" in r else Condition("occlusion", float(r))
+            counts[cond] = RankCounts(above, ties, int(npz[f"n_{r}"]))
     if not counts:
-        raise _Malformed("no per-ratio ranks in it")
+        raise _Malformed("no per-condition ranks in it")
     return dict(sorted(counts.items())), image_ids, meta
 
 

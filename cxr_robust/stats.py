@@ -2,7 +2,7 @@
 
 The rule, in one place (it is printed in every failure message and in the report):
 
-* **Regression test, per cell** (model, ratio, k). H0: the model's true Recall@k is at least the baseline's.
+* **Regression test, per cell** (model, condition, k). H0: the model's true Recall@k is at least the baseline's.
   The measured recall over M queries is compared with the baseline by a one-sided z-test whose standard
   error adds the binomial variance of the measurement (``b(1-b)/M``), of the baseline when the baseline is
   itself a sample (``b(1-b)/M_baseline``; true for the paper's table and for recorded runs), and the
@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+from cxr_robust.perturbations.base import Condition, as_condition
 
 
 def clopper_pearson(recall: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -115,16 +117,19 @@ class GateRule:
 
 @dataclass(frozen=True)
 class CellInput:
-    """One measured cell and its baseline (recalls as fractions)."""
+    """One measured cell and its baseline (recalls as fractions); ``condition`` is a perturbation at a severity."""
 
     model: str
-    ratio: float
+    condition: Condition
     k: int
     measured: float
     n_queries: int
     n_candidates: int
     baseline: float | None = None
     baseline_n_queries: int | None = None
+
+    def __post_init__(self) -> None:  # a bare number is an occlusion ratio (backward compatibility)
+        object.__setattr__(self, "condition", as_condition(self.condition))
 
 
 @dataclass(kw_only=True)
@@ -156,7 +161,7 @@ class CellDecision(TestOutcome):
     """The gate's verdict on one cell, with every number the failure message needs."""
 
     model: str
-    ratio: float
+    condition: Condition
     k: int
     measured: float
     n_queries: int
@@ -167,6 +172,19 @@ class CellDecision(TestOutcome):
     se: float | None = None
     tolerance: float | None = None
     chance_mode: str = "not-below"
+
+    def __post_init__(self) -> None:
+        self.condition = as_condition(self.condition)
+
+    def as_dict(self) -> dict:
+        """JSON-serialisable form: the condition as ``perturbation`` + ``severity`` (and ``ratio`` for occlusion,
+        as results files had it before perturbations existed)."""
+        out = asdict(self)
+        cond = out.pop("condition")
+        out["perturbation"], out["severity"] = cond["perturbation"], cond["severity"]
+        if self.condition.perturbation == "occlusion":
+            out["ratio"] = self.condition.severity
+        return out
 
 
 @dataclass
@@ -237,7 +255,7 @@ def decide(cells: Sequence[CellInput], rule: GateRule = GateRule(),
     z_cell = float(norm.ppf(1 - rule.alpha * FAMILY_WEIGHTS["cells"] / g))
     out = []
     for c in cells:
-        d = CellDecision(model=c.model, ratio=c.ratio, k=c.k, measured=c.measured, n_queries=c.n_queries,
+        d = CellDecision(model=c.model, condition=c.condition, k=c.k, measured=c.measured, n_queries=c.n_queries,
                          n_candidates=c.n_candidates, chance=c.k / c.n_candidates, baseline=c.baseline,
                          baseline_n_queries=c.baseline_n_queries, rule=rule.describe())
         if c.baseline is not None:
@@ -357,11 +375,11 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, chunk
     return out
 
 
-def seed_spread(grids: Sequence[dict[float, dict[int, float]]]) -> dict[tuple[float, int], float]:
-    """Per-cell standard deviation (ddof=1) of Recall@k across runs that differ only in the occlusion seed.
+def seed_spread(grids: Sequence[dict[Any, dict[int, float]]]) -> dict[tuple[Any, int], float]:
+    """Per-cell standard deviation (ddof=1) of Recall@k across runs that differ only in the perturbation seed.
 
     ``grids`` are ``SweepResult.grid()`` outputs of one model on one data set, one per seed. The result is
-    the sd of a *single* run's recall due to where the boxes fall (0 at ratio 0, where nothing is occluded).
+    the sd of a *single* run's recall due to the random draws (0 at severity 0, where nothing is perturbed).
     """
     if len(grids) < 2:
         raise ValueError(f"seed_spread needs runs with at least 2 seeds, got {len(grids)}")
@@ -370,13 +388,13 @@ def seed_spread(grids: Sequence[dict[float, dict[int, float]]]) -> dict[tuple[fl
         other = {(r, k) for r, by_k in g.items() for k in by_k}
         if other != cells:
             diff = sorted(cells ^ other)[:3]
-            raise ValueError(f"run {i} measured different cells than run 0 (e.g. (ratio, k) {diff}); "
+            raise ValueError(f"run {i} measured different cells than run 0 (e.g. (condition, k) {diff}); "
                              "seed_spread needs the same grid in every run")
     return {(r, k): float(np.std([g[r][k] for g in grids], ddof=1)) for r, k in sorted(cells)}
 
 
-def seed_sd_for_baseline(spread: dict[tuple[float, int], float],
-                         baseline_runs: int = 1) -> dict[tuple[float, int], float]:
+def seed_sd_for_baseline(spread: dict[tuple[Any, int], float],
+                         baseline_runs: int = 1) -> dict[tuple[Any, int], float]:
     """Per-cell ``seed_sd`` for :func:`decide_per_cell` when the baseline was recorded on the same images.
 
     The baseline is then not an independent sample of queries (``GateRule(baseline_is_sample=False)``), but
@@ -388,8 +406,8 @@ def seed_sd_for_baseline(spread: dict[tuple[float, int], float],
 
 
 def decide_per_cell(cells: Sequence[CellInput], rule: GateRule = GateRule(),
-                    seed_sd: dict[tuple[float, int], float] | None = None) -> list[CellDecision]:
-    """:func:`decide` with a per-cell seed sd: ``seed_sd[(ratio, k)]`` replaces ``rule.seed_sd`` for that cell.
+                    seed_sd: dict[tuple[Any, int], float] | None = None) -> list[CellDecision]:
+    """:func:`decide` with a per-cell seed sd: ``seed_sd[(condition, k)]`` replaces ``rule.seed_sd`` for that cell.
 
     Cells missing from ``seed_sd`` use ``rule.seed_sd``. The chance tests do not involve the seed sd and are
     exactly those of :func:`decide`; the regression test, its tolerance and the Holm family are recomputed.
@@ -397,16 +415,16 @@ def decide_per_cell(cells: Sequence[CellInput], rule: GateRule = GateRule(),
     from scipy.stats import norm
 
     out = decide(cells, rule)
-    seed_sd = seed_sd or {}
+    seed_sd = {(as_condition(c), k): sd for (c, k), sd in (seed_sd or {}).items()}
     with_base = [i for i, c in enumerate(cells) if c.baseline is not None]
     z_cell = float(norm.ppf(1 - rule.alpha * FAMILY_WEIGHTS["cells"] / max(len(with_base), 1)))
     for i in with_base:
         c = cells[i]
-        sd = float(seed_sd.get((c.ratio, c.k), rule.seed_sd))
+        sd = float(seed_sd.get((c.condition, c.k), rule.seed_sd))
         se = _se(c, GateRule(alpha=rule.alpha, baseline_is_sample=rule.baseline_is_sample, seed_sd=sd))
         out[i].se, out[i].tolerance = se, z_cell * se
         out[i].p_value = float(norm.cdf((c.measured - c.baseline) / se))
         out[i].extras["seed_sd"] = sd
-        out[i].rule = rule.describe().replace("se = sqrt(", "se = sqrt(seed_sd(ratio,k)^2 + ")
+        out[i].rule = rule.describe().replace("se = sqrt(", "se = sqrt(seed_sd(condition,k)^2 + ")
     apply_family(out, None, rule.alpha)
     return out

@@ -1,6 +1,8 @@
-"""Robustness summaries of one model's sweep: area under the recall-vs-occlusion curve and relative drops.
+"""Robustness summaries of one model's sweep: area under each recall-vs-severity curve, relative drops, and
+the across-perturbation figures (mean relative drop, an mCE-style error relative to a reference model).
 
-Definitions, for one depth k, with ratios ``0 = r_0 < r_1 < ... < r_max`` and Recall@k ``R(r)``:
+Definitions for one perturbation's curve (the occlusion curve shown; a levelled perturbation's x axis is its
+level 0-5, evenly spaced), for one depth k, with ratios ``0 = r_0 < r_1 < ... < r_max`` and Recall@k ``R(r)``:
 
 * ``auc@k = (1 / r_max) * trapezoid(R, r)`` over ``[0, r_max]``: the mean recall over occlusion ratios
   (the ratio axis is the occluded *area* fraction, linear, so 49 % and 81 % weigh most). A flat curve has
@@ -155,3 +157,95 @@ def auc_vs_baseline(measured_auc_ci: Mapping[str, Any], baseline_auc: float | Ma
         upper = value + z * se  # upper confidence bound of the measured value, widened by the baseline's error
     return {"measured": value, "baseline": base, "diff": value - base, "upper": upper, "tolerance": tolerance,
             "passed": bool(upper >= base - tolerance)}
+
+
+def perturbation_summaries(counts: Mapping[Any, RankCounts], ks: Sequence[int], n_boot: int = 2000, seed: int = 0,
+                           confidence: float = 0.95, policy: str = "expected") -> dict[str, Any]:
+    """:func:`robustness_summary` per measured perturbation (its curve over severity, from the clean images at
+    severity 0), keyed by perturbation name; perturbations with fewer than two points are left out.
+
+    Every severity-0 condition is the same clean pass, so a perturbation measured without its own severity
+    0 borrows the run's clean counts (the engine always measures them). For occlusion the x axis is the
+    occluded area; for levelled perturbations it is the level 0-5, evenly spaced.
+    """
+    from cxr_robust.perturbations.base import as_condition
+
+    conds = {as_condition(c): rc for c, rc in counts.items()}
+    clean = next((rc for c, rc in conds.items() if c.is_clean), None)
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(c.perturbation for c in conds):
+        curve = {c.severity: rc for c, rc in conds.items() if c.perturbation == name}
+        if 0.0 not in curve and clean is not None:
+            curve[0.0] = clean
+        if len(curve) >= 2 and 0.0 in curve:
+            out[name] = robustness_summary(dict(sorted(curve.items())), ks, n_boot, seed, confidence, policy)
+    return out
+
+
+def corruption_errors(recalls: Mapping[Any, Mapping[int, float]], k: int) -> dict[str, dict[str, float]]:
+    """Per perturbation at depth ``k``: ``error_sum`` (sum over its severities > 0 of ``1 - Recall@k``),
+    ``mean_relative_drop`` (mean over severities > 0 of ``1 - R(s) / R(clean)``, None when R(clean) = 0).
+
+    ``recalls`` is ``{condition: {k: recall}}`` of one model (a :meth:`SweepResult.grid` or the cells of a
+    results document).
+    """
+    from cxr_robust.perturbations.base import as_condition
+
+    conds = {as_condition(c): by_k for c, by_k in recalls.items()}
+    clean = next((by_k[k] for c, by_k in conds.items() if c.is_clean and k in by_k), None)
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(c.perturbation for c in conds):
+        values = [by_k[k] for c, by_k in conds.items() if c.perturbation == name and not c.is_clean and k in by_k]
+        if not values:
+            continue
+        drop = float(np.mean([1 - v / clean for v in values])) if clean else None
+        out[name] = {"error_sum": float(sum(1 - v for v in values)), "n_severities": len(values),
+                     "mean_relative_drop": drop}
+    return out
+
+
+def mce(model: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """ImageNet-C's mean corruption error, for retrieval: per perturbation ``CE = sum_s (1 - R_model(s)) /
+    sum_s (1 - R_reference(s))`` (both from :func:`corruption_errors` at the same k, same severities), and
+    ``mCE`` their mean. Below 1: more robust than the reference model. Perturbations either model lacks, or
+    where the reference makes no error, are left out."""
+    per = {name: model[name]["error_sum"] / reference[name]["error_sum"] for name in model
+           if name in reference and reference[name]["error_sum"] > 0
+           and model[name]["n_severities"] == reference[name]["n_severities"]}
+    return {"ce": per, "mce": float(np.mean(list(per.values()))) if per else None}
+
+
+def add_corruption_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """Write each measured model's across-perturbation figures into a results document, per k:
+    ``corruption = {"k": {"per_perturbation": corruption_errors, "mean_relative_drop": ..., "mce": ...}}``.
+
+    ``mean_relative_drop`` averages the perturbations other than the clean-only ones. ``mce`` is filled when
+    the run names a reference model (``config.reference_model``) that was measured with the same conditions.
+    Pure function of the document's cells, so the merged document of a pytest-xdist run gets it too.
+    """
+    from cxr_robust.results import cell_condition
+
+    def recalls(model: dict[str, Any]) -> dict[Any, dict[int, float]]:
+        out: dict[Any, dict[int, float]] = {}
+        for c in model.get("cells") or []:
+            out.setdefault(cell_condition(c), {})[int(c["k"])] = float(c["measured"])
+        return out
+
+    measured = {m["model"]: recalls(m) for m in doc.get("models", []) if m.get("status") == "measured"}
+    reference = (doc.get("config") or {}).get("reference_model")
+    for m in doc.get("models", []):
+        if m["model"] not in measured:
+            continue
+        grid = measured[m["model"]]
+        ks = sorted({k for by_k in grid.values() for k in by_k})
+        per_k: dict[str, Any] = {}
+        for k in ks:
+            errors = corruption_errors(grid, k)
+            drops = [e["mean_relative_drop"] for e in errors.values() if e["mean_relative_drop"] is not None]
+            entry: dict[str, Any] = {"per_perturbation": errors,
+                                     "mean_relative_drop": float(np.mean(drops)) if drops else None}
+            if reference in measured:
+                entry["mce"] = {"reference": reference, **mce(errors, corruption_errors(measured[reference], k))}
+            per_k[str(k)] = entry
+        m["corruption"] = per_k
+    return doc

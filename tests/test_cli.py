@@ -327,7 +327,7 @@ def test_a_grid_below_chance_fails_the_cli_run_even_when_missing_baselines_are_a
     from cxr_robust.gate import GateOptions
     from cxr_robust.stats import CellDecision, GridDecision
 
-    cell = CellDecision(model="m", ratio=0.0, k=5, measured=0.0, n_queries=100, n_candidates=50, chance=0.1,
+    cell = CellDecision(model="m", condition=0.0, k=5, measured=0.0, n_queries=100, n_candidates=50, chance=0.1,
                         baseline=None)
     grid = GridDecision(model="m", mode="none", measured=0.0, baseline=None, chance=0.1, n_cells=0, n_queries=100,
                         chance_passed=False)

@@ -81,7 +81,7 @@ def test_candidate_losing_hits_on_five_percent_of_queries_fails() -> None:
         above = c.above.copy()
         above[lost] = n - 1  # those queries now rank their report last: a miss at every k
         cand[r] = RankCounts(above, c.ties, n)
-    decisions = {(d.ratio, d.k): d for d in paired_decide(ref, cand, _ids(m), _ids(m), KS)}
+    decisions = {(d.condition.severity, d.k): d for d in paired_decide(ref, cand, _ids(m), _ids(m), KS)}
     clean10 = decisions[(0.0, 10)]
     assert not clean10.passed and clean10.c == 0 and clean10.b == int(ref[0.0].hits(10)[lost].sum())
     assert clean10.p_value == pytest.approx(0.5 ** clean10.b)
@@ -125,7 +125,7 @@ def test_missing_ratio_and_report_set_mismatch_raise() -> None:
     ref = _run(40, 100)
     cand = dict(ref)
     cand[0.5] = ref[0.0]
-    with pytest.raises(ValueError, match=r"no ranks at occlusion ratio\(s\) \[0.5\]"):
+    with pytest.raises(ValueError, match=r"no ranks at occlusion 50%"):
         paired_decide(ref, cand, _ids(40), _ids(40), (5,))
     cand = {0.0: RankCounts(ref[0.0].above, ref[0.0].ties, 101)}
     with pytest.raises(ValueError, match="ranked 100 reports, candidate 101"):

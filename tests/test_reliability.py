@@ -246,7 +246,7 @@ cache_dir, out, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 data = phantom("tiny").subset(range(16), name="rel")
 config = SweepConfig(ratios=(0.0, 0.01, 0.09, 0.25, 0.49), ks=(1, 5), device="cpu", progress=False)
 cache = EmbeddingCache(cache_dir)
-res = run_sweep(build(seed=23), data, config, cache, on_ratio=lambda ratio, counts: time.sleep(pause))
+res = run_sweep(build(seed=23), data, config, cache, on_condition=lambda condition, counts: time.sleep(pause))
 save_ranks(out, res.counts, res.image_ids, {"hits": cache.stats.hits, "misses": cache.stats.misses})
 """
 

@@ -37,7 +37,7 @@ def _cell(model: str, ratio: float, k: int, *, shift: float = 0.0, baseline: boo
           passed: bool | None = True, chance_passed: bool = True, **extra: Any) -> dict:
     """One cell as the gate stores it (``CellDecision.as_dict()``), so the schema stays in step."""
     base = _recall(ratio, k) if baseline else None
-    d = CellDecision(model=model, ratio=ratio, k=k, measured=_recall(ratio, k) + shift, n_queries=N_QUERIES,
+    d = CellDecision(model=model, condition=ratio, k=k, measured=_recall(ratio, k) + shift, n_queries=N_QUERIES,
                      n_candidates=N_CANDIDATES, chance=k / N_CANDIDATES, baseline=base,
                      se=0.01 if baseline else None, tolerance=0.0231 if baseline else None,
                      p_value=0.4 if baseline else None, p_adjusted=(0.8 if passed else 0.001) if baseline else None,

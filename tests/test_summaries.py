@@ -131,4 +131,4 @@ def test_seed_spread_and_per_cell_rule() -> None:
     # A large seed sd in one cell widens only that cell's tolerance.
     wide = decide_per_cell(cells, GateRule(), {(0.25, 10): 0.05})
     assert wide[1].tolerance > plain[1].tolerance and wide[0].tolerance == pytest.approx(plain[0].tolerance)
-    assert wide[1].extras["seed_sd"] == 0.05 and "seed_sd(ratio,k)" in wide[1].rule
+    assert wide[1].extras["seed_sd"] == 0.05 and "seed_sd(condition,k)" in wide[1].rule
