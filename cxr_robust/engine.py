@@ -27,7 +27,7 @@ from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_DECODED_BYTES, MAX_PIX
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.text_policy import TextPolicy
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
-from cxr_robust.perturbations import CLEAN_CACHE_ENTRY, Condition, as_condition, params_to
+from cxr_robust.perturbations.base import CLEAN_CACHE_ENTRY, Condition, ConditionMap, as_condition, params_to
 from cxr_robust.precision import autocast, check_precision
 
 if TYPE_CHECKING:
@@ -98,6 +98,9 @@ class SweepResult:
     image_ids: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     tie_policy: str = "expected"
+
+    def __post_init__(self) -> None:
+        self.counts = ConditionMap((as_condition(c), rc) for c, rc in self.counts.items())
 
     @property
     def n_queries(self) -> int:

@@ -45,31 +45,32 @@ def autocast(device: str, precision: str) -> ContextManager[Any]:
 
 
 def rank_agreement(reference: "SweepResult", other: "SweepResult") -> dict[str, Any]:
-    """How ``other`` (e.g. fp16) differs from ``reference`` (fp32) on the same queries, ratios and ks.
+    """How ``other`` (e.g. fp16) differs from ``reference`` (fp32) on the same queries, conditions and ks.
 
-    Per ratio: ``identical_rank`` (share of queries whose expected rank of the true report is the same),
+    Per condition (``per_condition``, keyed by its ``perturbation@severity`` key): ``identical_rank`` (share of queries whose expected rank of the true report is the same),
     ``max_rank_shift`` (largest absolute change of that rank), ``max_recall_diff`` (largest |Recall@k|
-    difference over the ks, as a fraction). ``overall`` holds the worst of each over all ratios.
+    difference over the ks, as a fraction). ``overall`` holds the worst of each over all conditions.
     """
     if reference.image_ids != other.image_ids:
         raise ValueError(f"rank_agreement needs the same queries: {reference.model} has "
                          f"{reference.n_queries}, {other.model} has {other.n_queries} (or a different order)")
     missing = sorted(set(reference.counts) ^ set(other.counts))
     if missing:
-        raise ValueError(f"rank_agreement needs the same ratios; only one of the runs has {missing}")
-    per_ratio = {}
-    for ratio, ref_counts in reference.counts.items():
+        raise ValueError(f"rank_agreement needs the same conditions; only one of the runs has "
+                         f"{[c.label for c in missing]}")
+    per_condition = {}
+    for cond, ref_counts in reference.counts.items():
         ref_rank = ref_counts.ranks()
-        oth_rank = other.counts[ratio].ranks()
+        oth_rank = other.counts[cond].ranks()
         shift = np.abs(ref_rank - oth_rank)
-        per_ratio[ratio] = {
+        per_condition[cond.key] = {
             "identical_rank": float(np.mean(shift == 0)),
             "max_rank_shift": float(shift.max()) if shift.size else 0.0,
-            "max_recall_diff": max(abs(reference.recall(ratio, k) - other.recall(ratio, k)) for k in reference.ks),
+            "max_recall_diff": max(abs(reference.recall(cond, k) - other.recall(cond, k)) for k in reference.ks),
         }
     overall = {
-        "identical_rank": min(v["identical_rank"] for v in per_ratio.values()),
-        "max_rank_shift": max(v["max_rank_shift"] for v in per_ratio.values()),
-        "max_recall_diff": max(v["max_recall_diff"] for v in per_ratio.values()),
+        "identical_rank": min(v["identical_rank"] for v in per_condition.values()),
+        "max_rank_shift": max(v["max_rank_shift"] for v in per_condition.values()),
+        "max_recall_diff": max(v["max_recall_diff"] for v in per_condition.values()),
     }
-    return {"per_ratio": per_ratio, "overall": overall}
+    return {"per_condition": per_condition, "overall": overall}

@@ -21,7 +21,7 @@ import numpy as np
 from cxr_robust.atomic import atomic_open, atomic_write_text, check_writable_dir
 from cxr_robust.baselines import severity_text
 from cxr_robust.metrics import RankCounts
-from cxr_robust.perturbations.base import Condition, as_condition
+from cxr_robust.perturbations.base import Condition, ConditionMap, as_condition
 
 SCHEMA = "cxr-robust/results/1"
 CSV_COLUMNS = ("model", "dataset", "perturbation", "severity", "k", "recall_pct", "baseline_pct", "diff_pct",
@@ -227,7 +227,7 @@ def _parse_ranks(npz: Any) -> tuple[dict[Condition, RankCounts], list[str], dict
             counts[cond] = RankCounts(above, ties, int(npz[f"n_{r}"]))
     if not counts:
         raise _Malformed("no per-condition ranks in it")
-    return dict(sorted(counts.items())), image_ids, meta
+    return ConditionMap(sorted(counts.items())), image_ids, meta
 
 
 def _load_problem(exc: BaseException) -> str:

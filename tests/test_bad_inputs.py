@@ -369,7 +369,7 @@ def test_nan_image_embeddings_name_the_model_and_first_ids(small: RetrievalSet, 
     with pytest.raises(NonFiniteEmbeddingError) as info:
         run_sweep(model, data, CFG, EmbeddingCache(tmp_path))
     assert str(info.value).startswith(
-        f"model 'random-phantom-clip-s12' produced NaN/Inf image (occlusion 0.00%) embeddings for 2 item(s), "
+        f"model 'random-phantom-clip-s12' produced NaN/Inf image (0% occlusion) embeddings for 2 item(s), "
         f"first: {small.image_ids[3]}, {small.image_ids[7]}; check the weights file and the input data")
     assert not list(tmp_path.rglob("image/*.npz"))  # a non-finite result is never cached
 

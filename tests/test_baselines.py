@@ -67,3 +67,25 @@ def test_malformed_files_are_rejected_with_the_line(tmp_path: Path, content: str
     with pytest.raises(BaselineError, match=match) as info:
         BaselineTable.load(path)
     assert str(path) in str(info.value)
+
+
+def test_perturbation_rows_round_trip_and_a_legacy_file_reads_as_occlusion(tmp_path: Path) -> None:
+    from cxr_robust.perturbations import Condition
+
+    cells = [BaselineCell("m", "d", 5, Condition("gaussian_noise", 3), 0.41, 100, 50, "0", "t"),
+             BaselineCell("m", "d", 5, 0.0025, 0.52, 100, 50, "0", "t")]
+    path = write_table(cells, tmp_path / "new.csv")
+    assert path.read_text().splitlines()[1:] == ["m,d,gaussian_noise,3,5,41.00,100,50,0,t",
+                                                 "m,d,occlusion,0.25,5,52.00,100,50,0,t"]
+    table = BaselineTable.load(path)
+    assert table.get("m", 5, Condition("gaussian_noise", 3)).recall == pytest.approx(0.41)
+    assert table.get("m", 5, 0.0025).recall == table.get("m", 5, Condition("occlusion", 0.0025)).recall
+    assert table.get("m", 5, Condition("gaussian_noise", 2)) is None
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text("model,dataset,k,occlusion_pct,recall_pct,n_queries,n_candidates\nm,d,5,0.25,52.00,100,50\n")
+    assert BaselineTable.load(legacy).get("m", 5, Condition("occlusion", 0.0025)).recall == pytest.approx(0.52)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,dataset,perturbation,severity,k,recall_pct,n_queries,n_candidates\n"
+                   "m,d,gausian_noise,3,5,41,100,50\nm,d,gaussian_noise,9,5,41,100,50\n")
+    with pytest.raises(BaselineError, match=r"bad.csv:2: unknown perturbation 'gausian_noise'.*did you mean"):
+        BaselineTable.load(bad)

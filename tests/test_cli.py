@@ -71,8 +71,8 @@ def test_help_names_every_subcommand_with_examples(capsys: pytest.CaptureFixture
 def test_update_baselines_records_the_table_and_ranks(project: Path) -> None:
     table = project / "baselines" / "phantom-clip__phantom-eval-s0-n60.csv"
     rows = list(csv.DictReader(table.open()))
-    assert {(r["model"], r["dataset"], r["k"], r["occlusion_pct"]) for r in rows} == {
-        ("phantom-clip", "phantom-eval-s0-n60", k, occ) for k in ("5", "10") for occ in ("0.00", "25.00")}
+    assert {(r["model"], r["dataset"], r["perturbation"], r["k"], r["severity"]) for r in rows} == {
+        ("phantom-clip", "phantom-eval-s0-n60", "occlusion", k, occ) for k in ("5", "10") for occ in ("0.00", "25.00")}
     assert (project / "baselines" / "ranks" / "phantom-clip__phantom-eval-s0-n60__seed0.npz").is_file()
     assert (project / "recorded" / "ranks" / "phantom-clip__phantom-eval-s0-n60__seed0.npz").is_file()
 
@@ -105,7 +105,7 @@ def test_regression_exits_1_with_the_failing_cells(project: Path, tmp_path: Path
     inflated = tmp_path / "inflated.csv"
     rows = list(csv.DictReader(recorded.open()))
     for r in rows:  # at 25 % occlusion, a baseline far above what the model measures: those cells regressed
-        if r["occlusion_pct"] == "25.00":
+        if r["severity"] == "25.00":
             r["recall_pct"] = "95.00"
     with inflated.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
@@ -117,7 +117,7 @@ def test_regression_exits_1_with_the_failing_cells(project: Path, tmp_path: Path
     text = capsys.readouterr().out
     assert code == EXIT_FAILED, text
     assert "phantom-clip: 4 cells, 2 failing" in text and "FAIL occ0%" not in text
-    assert "FAIL occ25% k10: measured" in text and "baseline 95.00%" in text and "regressed, adjusted p" in text
+    assert "FAIL occ25 k10: measured" in text and "baseline 95.00%" in text and "regressed, adjusted p" in text
     assert "exit 1: cells failed" in text
 
 

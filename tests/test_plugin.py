@@ -57,7 +57,7 @@ def record_baseline(p: GateProject) -> Path:
 def test_update_baselines_round_trip_then_pass(gate_dir: GateProject) -> None:
     table = record_baseline(gate_dir)
     text = table.read_text()
-    assert "phantom-clip,phantom-eval-s0-n120,5,0.00," in text
+    assert "phantom-clip,phantom-eval-s0-n120,occlusion,0.00,5," in text
     assert len(text.strip().splitlines()) == 1 + 9
     ranks = list((gate_dir.path / "baselines" / "ranks").glob("*.npz"))
     assert len(ranks) == 1
@@ -169,4 +169,4 @@ def test_paired_mode_passes_unchanged_and_catches_a_degraded_model(gate_dir: Gat
     res.stdout.fnmatch_lines(["*regressed against the recorded run *phantom-clip__phantom-eval-s0-n120__seed0.npz*"
                               "queries lost the hit*paired*"])
     doc = json.loads((gate_dir.path / "report" / "results.json").read_text())
-    assert "auc@10" in doc["models"][0]["summary"]
+    assert "auc@10" in doc["models"][0]["summary"]["occlusion"]  # one summary per perturbation

@@ -49,7 +49,7 @@ def test_rank_agreement_of_identical_runs_is_perfect() -> None:
 def test_rank_agreement_counts_moved_queries_and_recall_change() -> None:
     ref = _result([0, 3, 10, 49])
     other = _result([1, 3, 10, 42])  # query 0 drops from rank 1 to 2, query 3 climbs 7 places
-    got = rank_agreement(ref, other)["per_ratio"][0.25]
+    got = rank_agreement(ref, other)["per_condition"]["occlusion@0.25"]
     assert got["identical_rank"] == 0.5
     assert got["max_rank_shift"] == 7
     assert got["max_recall_diff"] == pytest.approx(0.25)  # Recall@1: 1/4 -> 0/4; Recall@5 unchanged
@@ -58,7 +58,7 @@ def test_rank_agreement_counts_moved_queries_and_recall_change() -> None:
 def test_rank_agreement_needs_the_same_queries() -> None:
     with pytest.raises(ValueError, match="same queries"):
         rank_agreement(_result([0, 1]), _result([0, 1], ids=["x", "y"]))
-    with pytest.raises(ValueError, match="same ratios"):
+    with pytest.raises(ValueError, match="same conditions"):
         rank_agreement(_result([0, 1]), _result([0, 1], ratio=0.5))
 
 

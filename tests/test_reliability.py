@@ -24,6 +24,7 @@ from cxr_robust.cache import EmbeddingCache
 from cxr_robust.data.phantom import phantom
 from cxr_robust.data.retrieval_set import RetrievalSet
 from cxr_robust.engine import SweepConfig, SweepResult, run_sweep
+from cxr_robust.perturbations import Condition
 from cxr_robust.results import ModelOutcome, build_document, load_ranks, load_results, write_results
 from tests.privacy_model import build
 
@@ -87,7 +88,7 @@ def _changed_report(data: RetrievalSet) -> RetrievalSet:
 
 
 @pytest.mark.parametrize(("change", "text_miss", "image_miss"), [
-    ("seed", False, True), ("fill", False, True), ("ratio", False, True), ("draft", False, True),
+    ("seed", False, True), ("perturbation", False, True), ("ratio", False, True), ("draft", False, True),
     ("image_pixels", False, True), ("report_text", True, False), ("text_policy", True, False),
     ("model_weights", True, True), ("batch_size", False, False), ("progress", False, False),
 ])
@@ -95,11 +96,12 @@ def test_cache_key_covers_what_changes_an_embedding(change: str, text_miss: bool
                                                     model: Any, data: RetrievalSet, tmp_path: Path) -> None:
     _stats(model, data, tmp_path)
     config, m, d = CFG, model, data
-    if change in ("seed", "fill", "batch_size", "progress"):
-        config = SweepConfig(**{**CFG.__dict__, change: {"seed": 1, "fill": 255, "batch_size": 3,
-                                                         "progress": False}[change]})
+    if change in ("seed", "batch_size", "progress"):
+        config = SweepConfig(**{**CFG.__dict__, change: {"seed": 1, "batch_size": 3, "progress": False}[change]})
     elif change == "ratio":
-        config = SweepConfig(**{**CFG.__dict__, "ratios": (0.04,)})
+        config = SweepConfig(**{**CFG.__dict__, "conditions": (Condition("occlusion", 0.04),)})
+    elif change == "perturbation":  # another perturbation at a level: never the occlusion entry
+        config = SweepConfig(**{**CFG.__dict__, "conditions": (Condition("gaussian_noise", 1),)})
     elif change == "draft":
         config = SweepConfig(**{**CFG.__dict__, "draft_decode": False})
     elif change == "text_policy":
@@ -365,4 +367,5 @@ def test_same_seed_bit_identical_across_runs_batch_sizes_and_threads(model: Any,
 def test_ratio_zero_does_not_depend_on_the_occlusion_seed(model: Any, data: RetrievalSet, tmp_path: Path) -> None:
     a = run_sweep(model, data, CFG, EmbeddingCache(tmp_path / "a"))
     b = run_sweep(model, data, SweepConfig(**{**CFG.__dict__, "seed": 7}), EmbeddingCache(tmp_path / "b"))
-    assert np.array_equal(a.counts[0.0].above, b.counts[0.0].above)  # ratio 0 is the identity
+    clean = Condition("occlusion", 0.0)
+    assert np.array_equal(a.counts[clean].above, b.counts[clean].above)  # ratio 0 is the identity

@@ -60,8 +60,8 @@ class Condition:
 
     @property
     def label(self) -> str:
-        """Human label, e.g. ``occlusion 25%`` or ``gaussian_noise s3``."""
-        return f"{self.perturbation} {self.spec().format_severity(self.severity)}"
+        """Human label, e.g. ``25% occlusion`` or ``gaussian_noise s3``."""
+        return self.spec().label(self.severity)
 
     @property
     def token(self) -> str:
@@ -91,6 +91,20 @@ def as_condition(value: "Condition | float") -> Condition:
     """``value`` as a condition; a bare number is an occlusion ratio (how the gate keyed cells before
     perturbations existed, kept for backward compatibility)."""
     return value if isinstance(value, Condition) else Condition("occlusion", float(value))
+
+
+class ConditionMap(dict):
+    """A dict keyed by :class:`Condition` that also takes a bare number as an occlusion ratio on lookup
+    (``counts[0.25]``), as results keyed by ratio did before perturbations existed."""
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(as_condition(key))
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(as_condition(key))  # type: ignore[arg-type]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return super().get(as_condition(key), default)
 
 
 def derive_seed(run_seed: int, image_id: str, perturbation: str, severity: float) -> int:
@@ -152,6 +166,10 @@ class Perturbation:
     def format_severity(self, severity: float) -> str:
         """How a severity is printed in reports: ``s3``."""
         return f"s{int(canonical_severity(severity))}"
+
+    def label(self, severity: float) -> str:
+        """How a condition reads in messages and reports: ``gaussian_noise s3``."""
+        return f"{self.name} {self.format_severity(severity)}"
 
     def id_token(self, severity: float) -> str:
         """Test-id token of a severity: ``<short>-s<level>``."""

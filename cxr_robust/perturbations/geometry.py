@@ -32,42 +32,58 @@ def pil_rotation_matrix(angle: float, width: int, height: int) -> list[float]:
     return m
 
 
+def _affine_taps(m: list[float], h: int, w: int, device: "torch.device") -> tuple["torch.Tensor", ...]:
+    """For one inverse matrix: the flat indices of the 2 x 2 neighbours ``(4, H*W)``, the fractions ``dx``,
+    ``dy`` ``(H*W,)`` and the ``inside`` mask ``(H*W,)`` of every output pixel, as PIL's ``Geometry.c``."""
+    import torch
+
+    xs = torch.arange(w, device=device, dtype=torch.float64).view(1, w) + 0.5
+    ys = torch.arange(h, device=device, dtype=torch.float64).view(h, 1) + 0.5
+    xin = m[0] * xs + m[1] * ys + m[2]  # PIL's evaluation order, in double precision
+    yin = m[3] * xs + m[4] * ys + m[5]
+    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    xin, yin = xin - 0.5, yin - 0.5
+    x0, y0 = xin.floor(), yin.floor()
+    dx, dy = xin - x0, yin - y0
+    x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
+    xa, xb = x0.clamp(0, w - 1), (x0 + 1).clamp(0, w - 1)  # PIL clamps neighbours to the image
+    ya, yb = y0.clamp(0, h - 1) * w, (y0 + 1).clamp(0, h - 1) * w
+    taps = torch.stack([(ya + xa), (ya + xb), (yb + xa), (yb + xb)]).view(4, h * w)
+    return taps, dx.view(-1), dy.view(-1), inside.view(-1)
+
+
 def pil_bilinear_affine(pixels: "torch.Tensor", matrix: "torch.Tensor") -> "torch.Tensor":
     """PIL's ``Image.transform(AFFINE, resample=BILINEAR)`` (black fill) of a ``uint8 (B, C, H, W)`` batch.
 
     ``matrix`` is ``float64 (B, 6)``, one inverse matrix per image. Like PIL (``Geometry.c``): an output pixel
-    whose source point lies outside ``[0, W) x [0, H)`` is 0; otherwise the 2 x 2 neighbours (indices clamped
+    whose source point lies outside ``[0, W) x [0, H)`` is 0; otherwise its 2 x 2 neighbours (indices clamped
     to the image) are interpolated in double precision, x first, and truncated. Every operation is elementwise
-    or a gather in float64 (no reduction, no matrix product, no fused multiply-add), so each pixel is the same
+    or an index in float64 (no reduction, no matrix product, no fused multiply-add), so a pixel is the same
     whatever the batch size or order, and IEEE float64 gives the same on CUDA.
+
+    Two shortcuts change no bit: the sampling grid is built once per *distinct* matrix (a rotation level has
+    two, +-angle), and a batch whose channels are all equal (replicated grey) is resampled on one channel.
     """
     import torch
 
     b, c, h, w = pixels.shape
-    dev = pixels.device
-    m = matrix.to(device=dev, dtype=torch.float64).view(b, 6, 1, 1)
-    xs = torch.arange(w, device=dev, dtype=torch.float64).view(1, 1, w) + 0.5
-    ys = torch.arange(h, device=dev, dtype=torch.float64).view(1, h, 1) + 0.5
-    xin = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]  # (B, H, W), PIL's evaluation order
-    yin = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
-    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    xin, yin = xin - 0.5, yin - 0.5
-    x0, y0 = xin.floor(), yin.floor()
-    dx, dy = (xin - x0).unsqueeze(1), (yin - y0).unsqueeze(1)
-    x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
-    xa, xb = x0.clamp(0, w - 1), (x0 + 1).clamp(0, w - 1)
-    ya, yb = y0.clamp(0, h - 1) * w, (y0 + 1).clamp(0, h - 1) * w
-    flat = pixels.reshape(b, c, h * w)
-
-    def at(rows: "torch.Tensor", cols: "torch.Tensor") -> "torch.Tensor":
-        index = (rows + cols).view(b, 1, h * w).expand(b, c, h * w)
-        return flat.gather(2, index).view(b, c, h, w).to(torch.float64)
-
-    top_left, top_right, bottom_left, bottom_right = at(ya, xa), at(ya, xb), at(yb, xa), at(yb, xb)
-    upper = top_left + (top_right - top_left) * dx
-    lower = bottom_left + (bottom_right - bottom_left) * dx
-    value = upper + (lower - upper) * dy
-    return torch.where(inside.unsqueeze(1), value, 0.0).to(torch.uint8)  # values in [0, 255]: cast truncates
+    if c > 1 and bool((pixels[:, 1:] == pixels[:, :1]).all()):
+        return pil_bilinear_affine(pixels[:, :1], matrix).expand(b, c, h, w).contiguous()
+    distinct, which = torch.unique(matrix.to(torch.float64).cpu(), dim=0, return_inverse=True)
+    which = which.to(pixels.device)
+    out = torch.empty_like(pixels)
+    for k, m in enumerate(distinct.tolist()):
+        taps, dx, dy, inside = _affine_taps(m, h, w, pixels.device)
+        chosen = which == k
+        values = pixels[chosen].reshape(-1, h * w)
+        upper = values.index_select(1, taps[0]).to(torch.float64)
+        upper += (values.index_select(1, taps[1]).to(torch.float64) - upper).mul_(dx)
+        lower = values.index_select(1, taps[2]).to(torch.float64)
+        lower += (values.index_select(1, taps[3]).to(torch.float64) - lower).mul_(dx)
+        upper += (lower - upper).mul_(dy)
+        # values lie in [0, 255], so the cast truncates exactly like PIL's (UINT8) cast
+        out[chosen] = upper.mul_(inside).to(torch.uint8).view(-1, c, h, w)
+    return out
 
 
 class Rotation(Perturbation):
@@ -146,7 +162,7 @@ class Collimation(Perturbation):
         keep_rows = (rows >= window[:, 0:1]) & (rows < window[:, 1:2])
         keep_cols = (cols >= window[:, 2:3]) & (cols < window[:, 3:4])
         keep = keep_rows[:, None, :, None] & keep_cols[:, None, None, :]
-        return pixels.masked_fill(~keep, 0)
+        return pixels * keep  # a uint8 x bool product: 6-30x faster than masked_fill / where on CPU
 
 
 class LateralFlip(Perturbation):
@@ -177,7 +193,7 @@ class LateralFlip(Perturbation):
         return {"flip": draws < share}
 
     def apply(self, pixels: "torch.Tensor", params: Params, severity: float) -> "torch.Tensor":
-        import torch
-
-        flip = params_to(params, pixels.device)["flip"].view(-1, 1, 1, 1)
-        return torch.where(flip, pixels.flip(-1), pixels)
+        flip = params_to(params, pixels.device)["flip"]
+        out = pixels.clone()
+        out[flip] = pixels[flip].flip(-1)
+        return out

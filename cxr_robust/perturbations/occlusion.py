@@ -51,6 +51,9 @@ class Occlusion(Perturbation):
     def format_severity(self, severity: float) -> str:
         return f"{severity * 100:.4f}".rstrip("0").rstrip(".") + "%"
 
+    def label(self, severity: float) -> str:
+        return f"{self.format_severity(severity)} occlusion"
+
     def id_token(self, severity: float) -> str:
         return "occ" + self.format_severity(severity).rstrip("%")
 
