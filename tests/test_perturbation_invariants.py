@@ -112,8 +112,8 @@ def test_distance_to_the_clean_film_grows_with_severity(name: str) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; run on a GPU machine "
-                                                          "(benchmarks/gpu_check.py runs the gpu-marked tests)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: run `pytest -m gpu` on a "
+                                                          "machine with a GPU")
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_gives_the_cpu_pixels(name: str) -> None:
     """Draws are made on the CPU, so a device changes at most float rounding in the apply step (<= 1 grey

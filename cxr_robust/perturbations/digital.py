@@ -8,6 +8,7 @@ torchvision) with the settings PIL uses, which writes the same bytes as PIL.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -130,6 +131,10 @@ class JpegCompression(Perturbation):
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
         films = pixels[:, :1].cpu().contiguous()
-        encoded = encode_jpeg(list(films), quality=self.levels[int(severity)])
-        decoded = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.GRAY))
+        with warnings.catch_warnings():
+            # torchvision 0.29 announces a move of its codecs to TorchCodec; the libjpeg calls are unchanged and
+            # a test pins their output to PIL's, so a removal would fail loudly rather than change pixels.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision.io")
+            encoded = encode_jpeg(list(films), quality=self.levels[int(severity)])
+            decoded = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.GRAY))
         return replicate_channels(decoded, pixels).to(pixels.device)

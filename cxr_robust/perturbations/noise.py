@@ -1,8 +1,10 @@
 """Noise perturbations with MedMNIST-C's chest parameters: Gaussian, shot (Poisson), speckle and impulse noise.
 
 Every random field is drawn per image in :meth:`sample_params` as one ``(1, H, W)`` plane and broadcast over the
-channels in :meth:`apply`, so a grey film replicated on three channels stays grey. The arithmetic is plain
-element-wise float32 (no reductions), which IEEE rounding makes identical on CPU and CUDA.
+channels in :meth:`apply`, so a grey film replicated on three channels stays grey. Gaussian and speckle noise are
+separate element-wise float32 operations (no reductions, each IEEE-rounded), shot and impulse noise integer
+lookups and comparisons: the same pixels on CPU and CUDA. :func:`distinct_channels` and
+:func:`replicate_channels`, which compute a replicated grey film once, serve the blur and digital modules too.
 
 Differences from ``medmnistc`` 0.1.0, all deliberate: draws are seeded per (run seed, image id, perturbation,
 severity) instead of NumPy's global stream; the result is rounded to the nearest grey level where MedMNIST-C

@@ -2,8 +2,10 @@
 
 Each reference is ``ref(image, params, severity) -> image``: ``image`` is one ``uint8 (C, H, W)`` film,
 ``params`` that image's entries of :meth:`Perturbation.sample_params` (each array already indexed ``[i]``),
-``severity`` a level 1-5. They re-derive everything from the definitions in float64 (or run PIL itself) and
-serve as the test oracles and as the per-image baseline of the speed benchmark.
+``severity`` a level 1-5. They re-derive everything from the written definitions, in float64 where those are
+float arithmetic (float32 only where the definition says so: the uniforms' thresholds, the Poisson table), or
+run PIL itself (pixelate, JPEG). They serve as the test oracles and as the per-image baseline of the speed
+benchmark (the random draws are inputs, so a baseline timing excludes them).
 """
 
 from __future__ import annotations
