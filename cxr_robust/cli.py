@@ -782,7 +782,7 @@ examples:
   cxr-robust report runs/v2/results.json -o /tmp/v2.html
 """ + f"exit codes: {EXIT_OK} written; {EXIT_USAGE} no or invalid results.json, or the output cannot be written.\n"
 _EPILOG_COMPARE = """\
-Differences are B minus A, per (model, occlusion, k) cell measured in both. Where both directories hold the
+Differences are B minus A, per (model, perturbation, severity, k) cell measured in both. Where both directories hold the
 model's per-query ranks (ranks/*.npz, written by `cxr-robust run`) and cxr_robust.paired is installed, the
 test is paired (same images and reports required); otherwise an unpaired, unadjusted interval is
 shown.

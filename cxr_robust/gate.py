@@ -86,7 +86,7 @@ class GateOptions:
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.seed < 0:
-            raise ValueError(f"the occlusion seed (--cxr-seed) must be >= 0, got {self.seed}")
+            raise ValueError(f"the perturbation seed (--cxr-seed) must be >= 0, got {self.seed}")
         if len(set(self.ratios)) != len(self.ratios) or len(set(self.ks)) != len(self.ks):
             raise ValueError(f"occlusion ratios and ks must not repeat (got ratios {list(self.ratios)}, "
                              f"ks {list(self.ks)})")
@@ -286,7 +286,7 @@ class GateSession:
     def reference_ranks(self, row: str, dataset: str, seed: int) -> Path | None:
         """Recorded per-query ranks to pair with: ``--cxr-compare-to``, else ``baselines/ranks/`` by default.
 
-        By default the file of the run's seed is used (same occlusion boxes: only the model differs). When
+        By default the file of the run's seed is used (same random draws: only the model differs). When
         only one other seed was recorded it is used and the mismatch is stated in every verdict (the paired
         test stays valid, because each query's boxes are drawn independently per seed, but is less
         sensitive). Several other seeds and not this one is an error: pass ``--cxr-compare-to FILE``.

@@ -73,7 +73,7 @@ _OPTIONS: dict[str, tuple[str, str | None, str]] = {
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """The gate's options (``pytest --help``, group cxr-robust)."""
-    group = parser.getgroup("cxr-robust", "chest X-ray occlusion-robustness gate")
+    group = parser.getgroup("cxr-robust", "chest X-ray retrieval robustness gate")
     for dest, (ini, env, help_) in _OPTIONS.items():
         flag = "--" + dest.replace("_", "-")
         group.addoption(flag, dest=dest, default=None, help=help_ + (f" [env {env}]" if env else ""))

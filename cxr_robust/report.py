@@ -223,7 +223,7 @@ def _header(doc: dict) -> str:
     extra = ""
     if config.get("update_baselines"):
         extra = "<p class=muted>This run recorded new baselines (--update-baselines): verdicts are informational.</p>"
-    return (f"<header><h1>cxr-robust occlusion-robustness gate</h1>"
+    return (f"<header><h1>cxr-robust robustness gate</h1>"
             f"<p><span class='verdict {cls}'>{_e(verdict)}</span> "
             f"<span class=muted>created {_e(doc.get('created', '?'))} · "
             f"git {_e(doc.get('git') or 'unknown')}</span></p>"
@@ -556,9 +556,12 @@ def _across(model: dict, names: list[str]) -> str:
                     + "".join(f"<td><b>{'—' if m.get('mce') is None else format(m['mce'], '.3f')}</b></td>"
                               for m in mce_row) + "</tr>")
     head = "".join(f"<th>k = {_e(k)}</th>" for k in ks)
-    return ("<table class=grid><caption>Across perturbations: mean relative drop of Recall@k over severities "
-            "1-5 (1 − R(s)/R(clean)); CE = Σ(1 − R) relative to the reference model (below 1: more robust)"
-            f"</caption><tr><th>perturbation</th>{head}</tr>{''.join(rows)}</table>")
+    ce = (" CE = Σ(1 − R) over the severities relative to the reference model's (below 1: more robust)."
+          if any(m.get("mce") is not None for m in mce_row) else
+          " Name a reference model (--cxr-reference-model) for the mCE-style figure.")
+    return ("<table class=grid><caption>Across perturbations: mean relative drop of Recall@k over each "
+            f"perturbation's severities, 1 − R(s)/R(clean).{_e(ce)}</caption>"
+            f"<tr><th>perturbation</th>{head}</tr>{''.join(rows)}</table>")
 
 
 # ----- skipped / errored, examples, metadata ----------------------------------------------------------------

@@ -132,3 +132,34 @@ def test_seed_spread_and_per_cell_rule() -> None:
     wide = decide_per_cell(cells, GateRule(), {(0.25, 10): 0.05})
     assert wide[1].tolerance > plain[1].tolerance and wide[0].tolerance == pytest.approx(plain[0].tolerance)
     assert wide[1].extras["seed_sd"] == 0.05 and "seed_sd(condition,k)" in wide[1].rule
+
+
+def test_corruption_errors_and_mce_against_a_reference_model() -> None:
+    from cxr_robust.perturbations import Condition
+    from cxr_robust.summaries import add_corruption_summary, corruption_errors, mce
+
+    def grid(clean: float, noise: list[float], blur: list[float]) -> dict:
+        out = {Condition("occlusion", 0.0): {5: clean}}
+        out.update({Condition("gaussian_noise", s + 1): {5: v} for s, v in enumerate(noise)})
+        out.update({Condition("gaussian_blur", s + 1): {5: v} for s, v in enumerate(blur)})
+        return out
+
+    model = corruption_errors(grid(0.8, [0.6, 0.4], [0.8, 0.7]), 5)
+    ref = corruption_errors(grid(0.5, [0.3, 0.1], [0.5, 0.4]), 5)
+    assert model["gaussian_noise"]["error_sum"] == pytest.approx(0.4 + 0.6)
+    assert model["gaussian_noise"]["mean_relative_drop"] == pytest.approx((0.25 + 0.5) / 2)
+    assert model["gaussian_blur"]["mean_relative_drop"] == pytest.approx((0.0 + 0.125) / 2)
+    got = mce(model, ref)
+    assert got["ce"] == pytest.approx({"gaussian_noise": 1.0 / 1.6, "gaussian_blur": 0.5 / 1.1})
+    assert got["mce"] == pytest.approx((1.0 / 1.6 + 0.5 / 1.1) / 2)
+
+    def cells(g: dict) -> list[dict]:
+        return [{"perturbation": c.perturbation, "severity": c.severity, "k": 5, "measured": v[5]}
+                for c, v in g.items()]
+
+    doc = {"config": {"reference_model": "ref"},
+           "models": [{"model": "m", "status": "measured", "cells": cells(grid(0.8, [0.6, 0.4], [0.8, 0.7]))},
+                      {"model": "ref", "status": "measured", "cells": cells(grid(0.5, [0.3, 0.1], [0.5, 0.4]))}]}
+    add_corruption_summary(doc)
+    assert doc["models"][0]["corruption"]["5"]["mce"]["mce"] == pytest.approx(got["mce"])
+    assert doc["models"][1]["corruption"]["5"]["mce"]["mce"] == pytest.approx(1.0)  # the reference against itself
