@@ -55,6 +55,7 @@ table.grid th{text-align:center}
 .kv th{width:16em}.muted{color:#666}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;
  word-break:break-all}
 .big{font-size:1.15em;font-weight:700}
+details>summary{cursor:pointer}details>summary h4{display:inline;margin:0}
 .skip{border-left:4px solid #999;padding:.3em .8em;background:#fafafa;margin:.4em 0}
 .err{border-left:4px solid #c62828;padding:.3em .8em;background:#fff5f5;margin:.4em 0}
 .err pre,.skip pre{white-space:pre-wrap;margin:.2em 0}
@@ -378,7 +379,9 @@ def _summary(summary: dict, credentialed: bool) -> str:
     """One perturbation's robustness summary (AUC, relative drop...) rendered generically; empty when none."""
     if not summary:
         return ""
-    return f"<div><h4>Summary</h4>{_kv_table(summary, credentialed, cls='kv summary')}</div>"
+    # Collapsed: with every perturbation measured there are nineteen of these, each a page long.
+    return (f"<div><details><summary><h4>Summary</h4> (AUC, relative drops, 95 % CIs)</summary>"
+            f"{_kv_table(summary, credentialed, cls='kv summary')}</details></div>")
 
 
 def _segments(points: Iterable[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
