@@ -184,3 +184,19 @@ def test_layer_errors_name_the_layer(tmp_path: Path) -> None:
         build_gate_options(ini={"ratios": "1,x"}, start=tmp_path, environ={})
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         build_gate_options(start=tmp_path, environ={ENV_VARS["dataset"]: "nope"})
+
+
+def test_perturbations_and_severities_from_pyproject_and_the_command_line(tmp_path: Path) -> None:
+    from cxr_robust.perturbations import Condition
+
+    (tmp_path / "pyproject.toml").write_text('[tool.cxr_robust]\nperturbations = ["occlusion", "jpeg"]\n'
+                                             'ratios = [0, 25]\nseverities = {jpeg = [1, 5]}\n')
+    opts = build_gate_options(start=tmp_path, environ={})
+    assert opts.perturbations == ("occlusion", "jpeg")
+    assert opts.conditions() == (Condition("occlusion", 0), Condition("occlusion", 0.25), Condition("jpeg", 1),
+                                 Condition("jpeg", 5))
+    cli = build_gate_options(cli={"perturbations": "gaussian_noise", "severities": "gaussian_noise=s2"},
+                             start=tmp_path, environ={})
+    assert cli.conditions() == (Condition("gaussian_noise", 0), Condition("gaussian_noise", 2))
+    with pytest.raises(ConfigError, match="did you mean 'jpeg'"):
+        build_gate_options(cli={"perturbations": "jepg"}, start=tmp_path, environ={})
