@@ -144,8 +144,12 @@ def test_missing_baseline_fails_unless_explicitly_allowed(project: Path, tmp_pat
     text = capsys.readouterr().out
     assert "4 without baseline" in text and "no baseline: record one with --update-baselines" in text
     assert run(project, "--out", str(tmp_path), "--phantom-studies", "61", "--allow-missing-baseline") == EXIT_OK
-    assert "4 without baseline (none: no baseline) NOT COMPARED" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "4 without baseline (none: no baseline) NOT COMPARED" in text
     assert load_results(tmp_path)["verdict"] == "NOT COMPARED"
+    # The last line must not claim that cells passed when none was compared (it said "all measured cells passed").
+    last = text.strip().splitlines()[-1]
+    assert last == "exit 0: NOT COMPARED: no cell failed, but 4 of 4 cells had no baseline (--allow-missing-baseline)"
 
 
 def test_sweep_error_exits_4(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

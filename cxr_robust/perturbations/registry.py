@@ -83,8 +83,8 @@ def get_perturbation(name: str) -> Perturbation:
 
 def parse_perturbations(names: str | Iterable[str]) -> tuple[str, ...]:
     """``"occlusion,gaussian_noise"`` or ``["all"]`` -> registered names in the order given (``all``: every one)."""
-    items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) for n in str(n).split(",")]
-    items = [n for n in items if n]
+    parts = [names] if isinstance(names, str) else list(names)
+    items = [item.strip() for part in parts for item in str(part).split(",") if item.strip()]
     if not items:
         raise ValueError("no perturbation named; use e.g. 'occlusion' or 'all'")
     out: list[str] = []
