@@ -192,7 +192,7 @@ def test_update_of_a_subset_merges_and_says_what_changed(gate: Gate) -> None:
     from cxr_robust.results import load_ranks
 
     counts, _, _ = load_ranks(gate.path / "baselines" / "ranks" / "phantom-clip__phantom-eval-s0-n120__seed0.npz")
-    assert sorted(counts) == [0.0, 0.09, 0.81]
+    assert sorted(c.severity for c in counts) == [0.0, 0.09, 0.81]  # keyed by condition
 
 
 def test_a_single_ratio_is_measured_not_48_errors(gate: Gate) -> None:

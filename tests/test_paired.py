@@ -125,7 +125,7 @@ def test_missing_ratio_and_report_set_mismatch_raise() -> None:
     ref = _run(40, 100)
     cand = dict(ref)
     cand[0.5] = ref[0.0]
-    with pytest.raises(ValueError, match=r"no ranks at occlusion 50%"):
+    with pytest.raises(ValueError, match=r"no ranks at 50% occlusion"):
         paired_decide(ref, cand, _ids(40), _ids(40), (5,))
     cand = {0.0: RankCounts(ref[0.0].above, ref[0.0].ties, 101)}
     with pytest.raises(ValueError, match="ranked 100 reports, candidate 101"):

@@ -206,3 +206,9 @@ def test_the_documented_parameter_table_is_the_registry() -> None:
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "perturbations.md").read_text(encoding="utf-8")
     assert replace_table(doc) == doc, "docs/perturbations.md's parameter table differs from the registry"
+
+
+def test_an_occlusion_only_grid_is_measured_as_given() -> None:
+    """The paper's grid never gained a column: ``--cxr-ratios 25`` measures 25 % only, as it always did."""
+    assert conditions_for({"occlusion": (0.25,)}) == (Condition("occlusion", 0.25),)
+    assert conditions_for({"occlusion": (0.25,), "jpeg": (1.0,)})[0] == Condition("occlusion", 0)

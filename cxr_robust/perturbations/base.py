@@ -240,4 +240,6 @@ def params_to(params: Params, device: "torch.device | str") -> Params:
 
 def to_uint8(values: "torch.Tensor") -> "torch.Tensor":
     """Round a float tensor in grey levels (0-255 scale) to ``uint8``, clipping to [0, 255]."""
-    return values.round().clamp_(0, 255).to(__import__("torch").uint8)
+    import torch
+
+    return values.round().clamp_(0, 255).to(torch.uint8)

@@ -124,10 +124,12 @@ def parse_severities(text: str | dict[str, Iterable[float]] | None, perturbation
 
 
 def conditions_for(severities: dict[str, tuple[float, ...]]) -> tuple[Condition, ...]:
-    """The sweep's conditions in order: each perturbation's severities, plus the clean images when no
-    perturbation lists severity 0 (every run measures the clean images once; it is the first perturbation's
-    severity 0, so relative drops have a reference)."""
+    """The sweep's conditions in order: each perturbation's severities, plus the clean images (the first
+    perturbation's severity 0, so curves and relative drops have their reference) when the list has levelled
+    perturbations and no severity 0. An occlusion-only list is measured exactly as given, as the paper's grid
+    always was (``--cxr-ratios 25`` is one column)."""
     conds = [Condition(name, sev) for name, sevs in severities.items() for sev in sevs]
-    if conds and not any(c.is_clean for c in conds):
+    levelled = any(name != "occlusion" for name in severities)
+    if conds and levelled and not any(c.is_clean for c in conds):
         conds.insert(0, Condition(next(iter(severities)), 0.0))
     return tuple(conds)
