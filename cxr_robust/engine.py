@@ -27,7 +27,7 @@ from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_DECODED_BYTES, MAX_PIX
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.text_policy import TextPolicy
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
-from cxr_robust.perturbations.base import CLEAN_CACHE_ENTRY, Condition, ConditionMap, as_condition, params_to
+from cxr_robust.perturbations.base import CLEAN_CACHE_ENTRY, Condition, ConditionMap, as_condition
 from cxr_robust.precision import autocast, check_precision
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ def encode_perturbed(model: "RetrievalModel", pixels: "torch.Tensor", image_ids:
             batch = pixels[s:s + config.batch_size].to(device, non_blocking=True)
             if not condition.is_clean:  # severity 0 is the identity: skip a full pass over the pixels
                 params = spec.sample_params(ids, condition.severity, config.seed, h, w)
-                batch = spec.apply(batch, params_to(params, device), condition.severity)
+                batch = spec.apply(batch, params, condition.severity)  # apply moves them to the batch's device
             emb = model.encode_images(batch).float().cpu()
             check_finite(emb, ids, model.name, f"image ({condition.label})")
             out.append(normalise_checked(emb, contract, "image"))
