@@ -1,8 +1,11 @@
 """The HTML report of a gate run: one self-contained file rendered from the results document.
 
 The report is what a release engineer reads to decide whether a checkpoint ships, so it leads with the
-verdict, then shows each model's Table-1-shaped grid (measured vs baseline, coloured by the gate's verdict)
-and a plot, then why models were skipped or failed to run, then the metadata needed to reproduce the run.
+verdict, the per-model table and the gate rule that was applied, then shows for each model and perturbation
+the Table-1-shaped grid (measured vs baseline, coloured by the gate's verdict), a compact robustness summary
+(clean recall, AUC, relative drops with CIs, in the grid's units) beside small-multiple plots, then why models
+were skipped or failed to run, then the metadata needed to reproduce the run. Verdicts are only displayed
+here: they come from :mod:`cxr_robust.verdicts`.
 
 It is pure string building (no template engine, no plotting library, no JavaScript, no external resource):
 the file must open offline, be attachable to a CI run, and render the same years later. Every string from
@@ -59,9 +62,22 @@ details>summary{cursor:pointer}details>summary h4{display:inline;margin:0}
 .skip{border-left:4px solid #999;padding:.3em .8em;background:#fafafa;margin:.4em 0}
 .err{border-left:4px solid #c62828;padding:.3em .8em;background:#fff5f5;margin:.4em 0}
 .err pre,.skip pre{white-space:pre-wrap;margin:.2em 0}
-figure{display:inline-block;width:200px;margin:.4em;vertical-align:top}figure img{width:200px;height:auto}
-figcaption{font-size:.8em;color:#333;max-height:9em;overflow:auto}
+.gallery figure{display:inline-block;width:200px;margin:.4em;vertical-align:top}
+.gallery figure img{width:200px;height:auto}
+.gallery figcaption{font-size:.8em;color:#333;max-height:9em;overflow:auto}
 svg text{font-family:system-ui,sans-serif}
+.scroll{overflow-x:auto;max-width:100%}
+caption{caption-side:top;text-align:left;font-size:.85em;color:#333;padding:.2em 0;contain:inline-size}
+.note{border-left:4px solid #E69F00;background:#fff8e6;padding:.3em .8em;margin:.4em 0}
+table.summary td{text-align:right;font-variant-numeric:tabular-nums;min-width:4.8em;padding:2px 6px}
+table.summary th{text-align:center}table.summary tbody th{text-align:left;white-space:nowrap}
+.ci{display:block;font-size:.78em;color:#555}
+.multiples{display:flex;flex-wrap:wrap;gap:2px 8px;align-items:flex-start}
+.keyline{font-size:.85em;color:#333;margin:.1em 0 .6em;contain:inline-size}
+.nowrap{white-space:nowrap}.swatch{display:inline-block;width:24px;height:0;vertical-align:middle;margin:0 4px 0 12px}
+.ring{display:inline-block;width:9px;height:9px;border:2px solid #c62828;border-radius:50%;vertical-align:middle;
+ margin:0 4px 0 12px}
+details.raw{margin:.3em 0 1em}details.raw table{font-size:.9em}
 """
 
 
@@ -217,24 +233,50 @@ def _grid_sentence(model: dict) -> str:
 
 # ----- header -----------------------------------------------------------------------------------------------
 def _header(doc: dict) -> str:
+    """Title, the verdict badge and one line per model that explains it."""
     verdict, why = overall_verdict(doc)
     cls = {"PASS": "v-pass", "FAIL": "v-fail"}.get(verdict, "v-none")  # NOT COMPARED is never green
     config = _dict(doc.get("config"))
     notes = "".join(f"<li>{_e(w)}</li>" for w in why)
     extra = ""
     if config.get("update_baselines"):
-        extra = "<p class=muted>This run recorded new baselines (--update-baselines): verdicts are informational.</p>"
-    return (f"<header><h1>cxr-robust robustness gate</h1>"
+        extra = ("<p class=muted>This run recorded new baselines (--cxr-update-baselines): verdicts are "
+                 "informational.</p>")
+    return (f"<header id=verdict><h1>cxr-robust robustness gate</h1>"
             f"<p><span class='verdict {cls}'>{_e(verdict)}</span> "
             f"<span class=muted>created {_e(doc.get('created', '?'))} · "
             f"git {_e(doc.get('git') or 'unknown')}</span></p>"
-            f"{f'<ul class=notes>{notes}</ul>' if notes else ''}{extra}"
-            f"{_overview(doc)}{_dataset(doc)}"
-            f"<h3>Gate rule</h3><p class=mono>{_e(doc.get('rule') or 'not recorded')}</p></header>")
+            f"{f'<ul class=notes>{notes}</ul>' if notes else ''}{extra}</header>")
+
+
+# How a model's cells were compared (results.json ``mode``), in words.
+_MODE_WORDS = {"paired": "paired: the same queries against recorded per-query ranks",
+               "unpaired": "unpaired: against a baseline table (aggregate recalls)",
+               "none": "nothing compared (no baseline)"}
+
+
+def _mode(model: dict) -> str | None:
+    """``paired``/``unpaired``/``none`` as the run recorded it (older documents: from the grid or the cells)."""
+    mode = model.get("mode") or _dict(model.get("grid")).get("mode")
+    if mode:
+        return str(mode)
+    cells = [c for c in model.get("cells") or [] if isinstance(c, dict)]
+    if any(_dict(c.get("extras")).get("paired") for c in cells):
+        return "paired"
+    return None
+
+
+def _comparison(model: dict) -> str:
+    """The overview's comparison column: the mode, and the baseline row when it is not the model's name."""
+    row = model.get("baseline_row")
+    text = _e(_mode(model) or "—")
+    if row and str(row) != str(model.get("model")):
+        text += f" · <span class=mono>row {_e(row)}</span>"
+    return text
 
 
 def _overview(doc: dict) -> str:
-    """One row per model: status and counts of passed / failed / uncompared cells."""
+    """One row per model: status, counts of passed / failed / uncompared cells, how it was compared."""
     rows = []
     for i, m in enumerate(_models(doc)):
         status = m.get("status", "?")
@@ -243,19 +285,61 @@ def _overview(doc: dict) -> str:
             verdict = m.get("verdict") or verdicts.model_verdict(m, _dict(doc.get("config")))
             nums = (f"<td class=num>{t['cells']}</td><td class=num>{t['passed']}</td>"
                     f"<td class=num>{t['failed'] + t['missing']}</td><td class=num>{t['not_compared']}</td>"
-                    f"<td class=num>{t['chance_failed']}</td><td>{_e(_grid_word(m))}</td>")
+                    f"<td class=num>{t['chance_failed']}</td><td>{_e(_grid_word(m))}</td><td>{_comparison(m)}</td>")
         else:
-            verdict = "FAIL" if status == "error" else "—"
-            nums = "<td class=num>—</td>" * 5 + "<td>—</td>"
+            verdict = m.get("verdict") or verdicts.model_verdict(m, _dict(doc.get("config")))
+            nums = "<td class=num>—</td>" * 5 + "<td>—</td><td>—</td>"
         cls = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "nobase")
         rows.append(f"<tr><td><a href='#{_anchor(m, i)}'>{_e(m.get('model', '?'))}</a></td><td>{_e(status)}</td>"
                     f"{nums}<td class={cls}>{_e(verdict)}</td></tr>")
     if not rows:
-        return "<p class=muted>No model in this run.</p>"
-    return ("<h3>Models</h3><table><tr><th>model</th><th>status</th><th class=num>cells</th>"
-            "<th class=num>passed</th><th class=num>failed</th><th class=num>not compared</th>"
-            "<th class=num>chance check failed</th><th>grid test</th><th>verdict</th></tr>" + "".join(rows)
-            + "</table>")
+        return "<section id=models><h3>Models</h3><p class=muted>No model in this run.</p></section>"
+    return ("<section id=models><h3>Models</h3><div class=scroll><table><tr><th>model</th><th>status</th>"
+            "<th class=num>cells</th><th class=num>passed</th><th class=num>failed</th>"
+            "<th class=num>not compared</th><th class=num>chance check failed</th><th>grid test</th>"
+            "<th>comparison</th><th>verdict</th></tr>" + "".join(rows) + "</table></div></section>")
+
+
+def _applied_rules(model: dict) -> dict[str, list[str]]:
+    """The rules the run decided this model's compared cells and grid test by: rule text -> what it decided.
+
+    Read from the cells (each records its rule), not the run's summary line: a run can mix paired and
+    unpaired models, and cells without a baseline were decided by no comparison rule at all.
+    """
+    counts: dict[str, int] = {}
+    for c in model.get("cells") or []:
+        if isinstance(c, dict) and c.get("baseline") is not None and c.get("rule"):
+            counts[str(c["rule"])] = counts.get(str(c["rule"]), 0) + 1
+    out = {rule: [f"{n} cell{'s' if n != 1 else ''}"] for rule, n in counts.items()}
+    grid = _dict(model.get("grid"))
+    if grid.get("rule") and grid.get("baseline") is not None and grid.get("n_cells"):
+        out.setdefault(str(grid["rule"]), []).append("grid test")
+    return out
+
+
+def _rules(doc: dict) -> str:
+    """The gate rule that was actually applied, per model when the models were compared differently."""
+    applied: dict[str, list[str]] = {}
+    for i, m in enumerate(_models(doc)):
+        if m.get("status") != "measured":
+            continue
+        for rule, what in _applied_rules(m).items():
+            mode = _mode(m)
+            applied.setdefault(rule, []).append(
+                f"<a href='#{_anchor(m, i)}'>{_e(m.get('model', '?'))}</a> ({_e(mode + ', ' if mode else '')}"
+                f"{_e(', '.join(what))})")
+    head = "<section id=gate-rule><h3>Gate rule</h3>"
+    if not applied:  # nothing compared, or a document older than per-cell rules: the run's own line
+        recorded = doc.get("rule")
+        note = "<p class=muted>No cell was compared with a baseline in this run.</p>" if recorded else ""
+        return f"{head}<p class=mono>{_e(recorded or 'not recorded')}</p>{note}</section>"
+    if len(applied) == 1:
+        ((rule, who),) = applied.items()
+        return f"{head}<p class=mono>{_e(rule)}</p><p class=muted>Applied to {'; '.join(who)}.</p></section>"
+    rows = "".join(f"<tr><td>{'<br/>'.join(who)}</td><td class=mono>{_e(rule)}</td></tr>"
+                   for rule, who in applied.items())
+    return (f"{head}<p>The models were compared under different rules:</p><table><tr><th>applied to</th>"
+            f"<th>rule</th></tr>{rows}</table></section>")
 
 
 def _anchor(model: dict, index: int) -> str:
@@ -278,7 +362,7 @@ def _dataset(doc: dict) -> str:
                     f"<td class=num>{_e(diff)}</td></tr>")
     table = ("<table><tr><th></th><th class=num>this run</th><th class=num>paper</th><th class=num>difference</th></tr>"
              + "".join(rows) + "</table>")
-    parts = [f"<h3>Dataset: {_e(ds.get('name', 'unknown'))} "
+    parts = [f"<section id=dataset><h3>Dataset: {_e(ds.get('name', 'unknown'))} "
              f"<span class=muted>({_e(ds.get('kind', '?'))}{', credentialed' if cred else ''})</span></h3>",
              f"<div class=row><div>{table}</div>"]
     views = _dict(counts.get("views"))
@@ -290,6 +374,7 @@ def _dataset(doc: dict) -> str:
     parts.append("</div>")
     if not counts:
         parts.append("<p class=muted>The dataset was not loaded in this run (no counts).</p>")
+    parts.append("</section>")
     return "".join(parts)
 
 
@@ -328,15 +413,23 @@ def _of(cells: Sequence[dict], perturbation: str) -> list[dict]:
     return [c for c in cells if _condition(c)[0] == perturbation]
 
 
+def _test_words(c: dict) -> str:
+    """What the cell's comparison rests on: the paired test's lost/gained queries and exact p, else the tolerance."""
+    paired = _dict(_dict(c.get("extras")).get("paired"))
+    if paired:
+        p = paired.get("p_value", c.get("p_value"))
+        method = f" ({paired['method']})" if paired.get("method") else ""
+        return (f"paired on the same queries: {_num(paired.get('b'))} queries lost the hit (b), "
+                f"{_num(paired.get('c'))} gained it (c); exact test{method} one-sided p = {_num(p)}")
+    tol = c.get("tolerance")
+    return f"tolerance {'±' + format(100 * tol, '.2f') + ' pp' if _is_num(tol) else '—'}"
+
+
 def _cell_title(c: dict) -> str:
     """Tooltip: every number behind the cell's verdict."""
-    tol = c.get("tolerance")
-    paired = _dict(_dict(c.get("extras")).get("paired"))
-    test = (f"paired: {_num(paired.get('b'))} queries lost the hit, {_num(paired.get('c'))} gained it"
-            if paired else f"tolerance {'±' + format(100 * tol, '.2f') + ' pp' if _is_num(tol) else '—'}")
     name, sev = _condition(c)
     parts = [f"Recall@{c.get('k')} at {name} {_severity_label(name, sev)}",
-             f"measured {_pct(c.get('measured'))}, baseline {_pct(c.get('baseline'))}", test,
+             f"measured {_pct(c.get('measured'))}, baseline {_pct(c.get('baseline'))}", _test_words(c),
              f"family-adjusted p = {_num(c.get('p_adjusted'))}",
              f"chance k/N = {_pct(c.get('chance'), 3)} (adjusted p = {_num(c.get('chance_p_adjusted'))}, "
              f"{'passed' if c.get('chance_passed', True) else 'FAILED'})",
@@ -368,20 +461,133 @@ def _grid(model: dict, perturbation: str = "occlusion") -> str:
     head = "".join(f"<th>{_e(_severity_label(perturbation, r))}</th>" for r in severities)
     rows = "".join(f"<tr><th>k = {_e(k)}</th>{''.join(_grid_cell(by.get((r, k))) for r in severities)}</tr>"
                    for k in ks)
-    return (f"<table class=grid><caption>Recall@k (%) by {_e(perturbation)} severity — measured, baseline, "
-            f"difference</caption><tr><th>k \\ {_e(perturbation)}</th>{head}</tr>{rows}</table>"
-            "<p class=legend><span class=pass>pass</span><span class=fail>fail</span>"
+    paired = any(_dict(_dict(c.get("extras")).get("paired")) for c in cells)
+    hover = ("the queries that lost / gained the hit and the exact test's p" if paired else "the tolerance")
+    return (f"<div class=scroll><table class=grid><caption>Recall@k (%) by {_e(perturbation)} severity — "
+            f"measured, baseline, difference</caption><tr><th>k \\ {_e(perturbation)}</th>{head}</tr>{rows}"
+            "</table></div><p class=legend><span class=pass>pass</span><span class=fail>fail</span>"
             "<span class=nobase>not compared</span><span class=badge>chance</span> chance check failed · "
-            "hover a cell for tolerance, adjusted p, chance level, N and M</p>")
+            f"hover a cell for {hover}, adjusted p, chance level, N and M</p>")
 
 
-def _summary(summary: dict, credentialed: bool) -> str:
-    """One perturbation's robustness summary (AUC, relative drop...) rendered generically; empty when none."""
-    if not summary:
+# ----- the robustness summary of one perturbation (summaries.robustness_summary) ----------------------------
+_CURVE_KEY = re.compile(r"^(clean|auc|auc_rel|drop)@(\d+)$")
+# Relative drop shading: the colour deepens with the share of clean recall lost (magnitude only, no verdict).
+_DROP_RGB = "213,94,0"
+
+
+def _summary_ks(summary: dict) -> list[int]:
+    """The depths k a curve summary holds (its ``clean@k`` ... keys), sorted."""
+    return sorted({int(m.group(2)) for key in summary if (m := _CURVE_KEY.match(str(key)))})
+
+
+def _estimate(entry: Any) -> tuple[float | None, float | None, float | None]:
+    """``(value, lo, hi)`` of a summary entry ``{"value": v, "ci": [lo, hi]}``; None for what is absent."""
+    est = _dict(entry)
+    ci = est.get("ci")
+    lo, hi = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+    return tuple(v if _is_num(v) else None for v in (est.get("value"), lo, hi))  # type: ignore[return-value]
+
+
+def _drops(summary: dict, k: int) -> dict[float, dict]:
+    """``drop@k`` by severity (its keys are ``repr(float)`` strings; anything else is skipped)."""
+    out = {}
+    for key, entry in _dict(summary.get(f"drop@{k}")).items():
+        try:
+            out[float(key)] = _dict(entry)
+        except ValueError:
+            continue
+    return out
+
+
+def _ci_text(lo: float | None, hi: float | None, digits: int) -> str:
+    return f"[{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]" if lo is not None and hi is not None else ""
+
+
+def _estimate_td(entry: Any, digits: int, shade: bool = False) -> str:
+    """A table cell: the estimate in % and its CI below it; drops are shaded by their size."""
+    value, lo, hi = _estimate(entry)
+    if value is None:
+        return "<td class=muted>—</td>"
+    style = ""
+    if shade:
+        style = f" style='background:rgba({_DROP_RGB},{0.45 * min(max(value, 0.0), 1.0):.2f})'"
+    ci = _ci_text(lo, hi, digits)
+    return f"<td{style}>{_e(_pct(value, digits))}{f'<span class=ci>{_e(ci)}</span>' if ci else ''}</td>"
+
+
+def _auc_words(perturbation: str, severities: list[float]) -> str:
+    """How the AUC is normalised, for the summary's caption (see :mod:`cxr_robust.summaries`)."""
+    top = _severity_label(perturbation, severities[-1]) if severities else "the largest severity"
+    if perturbation == "occlusion":
+        return (f"AUC = area under Recall@k against the occluded area from 0 to {top}, divided by that range "
+                "(trapezoid rule): the mean Recall@k over the area axis, which is linear, so the large occlusions "
+                "weigh most.")
+    return (f"AUC = area under Recall@k against the severity level from clean (0) to {top}, levels evenly "
+            "spaced, divided by that range (trapezoid rule): the mean Recall@k over the levels.")
+
+
+def _compact_summary(summary: dict, perturbation: str) -> str:
+    """Rows k; columns clean Recall@k, AUC, AUC ÷ clean and the relative drop at each severity, all in %
+    with their bootstrap CIs; empty for a summary of another shape."""
+    ks = _summary_ks(summary)
+    if not ks:
         return ""
-    # Collapsed: with every perturbation measured there are nineteen of these, each a page long.
-    return (f"<div><details><summary><h4>Summary</h4> (AUC, relative drops, 95 % CIs)</summary>"
-            f"{_kv_table(summary, credentialed, cls='kv summary')}</details></div>")
+    severities = sorted({s for k in ks for s in _drops(summary, k)})
+    span = " rowspan=2" if severities else ""
+    head = (f"<tr><th{span}>k</th><th{span}>clean<br/>Recall@k</th><th{span}>AUC</th><th{span}>AUC ÷<br/>clean</th>"
+            + (f"<th colspan={len(severities)}>relative drop 1 − R(s) / R(clean) at severity s</th></tr><tr>"
+               + "".join(f"<th>{_e(_severity_label(perturbation, s))}</th>" for s in severities) if severities else "")
+            + "</tr>")
+    rows = []
+    for k in ks:
+        drops = _drops(summary, k)
+        rows.append(f"<tr><th>k = {_e(k)}</th>{_estimate_td(summary.get(f'clean@{k}'), 2)}"
+                    f"{_estimate_td(summary.get(f'auc@{k}'), 2)}{_estimate_td(summary.get(f'auc_rel@{k}'), 1)}"
+                    + "".join(_estimate_td(drops.get(s), 1, shade=True) for s in severities) + "</tr>")
+    conf = summary.get("confidence")
+    boot = (f"{_pct(conf, 0)} bootstrap CIs over {_num(summary.get('n_queries'))} queries "
+            f"({_num(summary.get('n_boot'))} resamples) in brackets" if _is_num(conf) else "CIs in brackets")
+    caption = (f"Robustness summary of {perturbation}, in % ({boot}). {_auc_words(perturbation, severities)} "
+               "AUC ÷ clean: the share of the clean Recall@k kept. Relative drop: the share of the clean "
+               "Recall@k lost at severity s (0 % unchanged, 100 % nothing retrieved, below 0 better than clean).")
+    return (f"<div class=scroll><table class=summary><caption>{_e(caption)}</caption><thead>{head}</thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _raw_rows(key: str, value: Any, perturbation: str, credentialed: bool) -> list[str]:
+    """Rows of the raw summary table for one key: estimates in %, severities as the grid labels them."""
+    match = _CURVE_KEY.match(key)
+    if match and match.group(1) == "drop":
+        return [row for sev, entry in sorted(_drops({key: value}, int(match.group(2))).items())
+                for row in _raw_rows(f"{key} at {_severity_label(perturbation, sev)}", entry, perturbation,
+                                     credentialed)]
+    if match or key.startswith("drop@"):
+        v, lo, hi = _estimate(value)
+        return [f"<tr><th>{_e(key)}</th><td class=num>{_e(_pct(v))}</td>"
+                f"<td class=num>{_e(_ci_text(lo, hi, 2))}</td></tr>"]
+    if key == "ratios" and isinstance(value, list):
+        text = ", ".join(_severity_label(perturbation, v) for v in value)
+        return [f"<tr><th>severities</th><td colspan=2>{_e(text)}</td></tr>"]
+    if key == "confidence" and _is_num(value):
+        return [f"<tr><th>confidence</th><td colspan=2>{_e(_pct(value, 0))}</td></tr>"]
+    return [f"<tr><th>{_e(key)}</th><td class=mono colspan=2>{_value_html(value, credentialed)}</td></tr>"]
+
+
+def _raw_summary(summary: dict, perturbation: str, credentialed: bool) -> str:
+    """Every figure of the summary, collapsed: with all perturbations measured there are nineteen of these."""
+    rows = [row for key, value in summary.items() if not (credentialed and _private(key))
+            for row in _raw_rows(str(key), value, perturbation, credentialed)]
+    if not rows:
+        return ""
+    return (f"<details class=raw><summary>All summary figures of {_e(perturbation)} (raw; estimates in %, "
+            "CIs in brackets)</summary><table class=kv><tr><th>figure</th><th>estimate</th><th>CI</th></tr>"
+            f"{''.join(rows)}</table></details>")
+
+
+# ----- small multiples: one panel per k ----------------------------------------------------------------------
+PANEL_W, PANEL_H = 180, 160
+MEASURED_COLOUR, BASELINE_COLOUR, CHANCE_COLOUR, FAIL_COLOUR = "#0072B2", "#E69F00", "#777777", "#c62828"
 
 
 def _segments(points: Iterable[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
@@ -403,99 +609,104 @@ def _polyline(points: list[tuple[float, float]], colour: str, dash: str | None, 
             f"{dash_attr} stroke-linejoin='round'/>")
 
 
-def plot_svg(model: dict, plot_id: str, perturbation: str = "occlusion") -> str:
-    """Recall@k vs one perturbation's severity: solid measured, dashed baseline, dotted chance (k/N), one colour
-    per k. A perturbation measured without its own severity 0 starts from the run's clean cells.
-
-    The x axis is categorical (evenly spaced) because occlusion severities crowd near 0 (0, 0.25, 1, 4 %...).
-    """
+def _plot_cells(model: dict, perturbation: str) -> list[dict]:
+    """One perturbation's cells; measured without its own severity 0, it starts from the run's clean cells."""
     every = [c for c in model.get("cells") or [] if isinstance(c, dict)]
     cells = _of(every, perturbation)
     if not any(_condition(c)[1] == 0 for c in cells):  # every severity 0 is the same clean pass
         clean = {c.get("k"): c for c in every if _condition(c)[1] == 0}
         cells = [{**c, "perturbation": perturbation, "severity": 0.0} for c in clean.values()] + cells
+    return cells
+
+
+def small_multiples(model: dict, plot_id: str, perturbation: str = "occlusion") -> str:
+    """Recall@k against one perturbation's severity, one small inline SVG panel per k: measured (solid),
+    baseline (dashed), chance k/N (dotted), failing cells ringed; empty when there is nothing to draw.
+
+    One panel per k (not one plot with a colour per k) keeps every curve readable at six depths, and the
+    same 0-100 % y axis in every panel keeps them comparable. The x axis is categorical (evenly spaced)
+    because occlusion severities crowd near 0 (0, 0.25, 1, 4 %...).
+    """
+    cells = _plot_cells(model, perturbation)
     severities, ks = _axes(cells)
     if not severities or not ks:
         return ""
     by = {(_condition(c)[1], c.get("k")): c for c in cells}
-    width, height, left, right, top, bottom = 760, 380, 60, 170, 20, 60
-    pw, ph = width - left - right, height - top - bottom
+    name = str(model.get("model", "model"))
+    panels = "".join(_panel(name, perturbation, k, severities, by, f"{plot_id}-k{k}") for k in ks)
+    axis = ("x: occluded area, evenly spaced categories" if perturbation == "occlusion"
+            else f"x: {perturbation} severity level (s0 = clean)")
+    key = (f"<p class=keyline>Recall@k (%) against {_e(perturbation)} severity, one panel per k ({_e(axis)}; "
+           f"y: 0–100 %): <span class=nowrap><span class=swatch style='border-top:2.5px solid {MEASURED_COLOUR}'>"
+           f"</span>measured</span> <span class=nowrap><span class=swatch style='border-top:2px dashed "
+           f"{BASELINE_COLOUR}'></span>baseline</span> <span class=nowrap><span class=swatch "
+           f"style='border-top:2px dotted {CHANCE_COLOUR}'></span>chance k/N</span> <span class=nowrap>"
+           "<span class=ring></span>failing cell</span></p>")
+    return f"<div class=multiples>{panels}</div>{key}"
+
+
+def _panel(name: str, perturbation: str, k: Any, severities: list, by: dict, pid: str) -> str:
+    """One k's panel of :func:`small_multiples`."""
+    left, right, top = 30, 8, 20
+    pw = PANEL_W - left - right
+    labels = [_severity_label(perturbation, r) for r in severities]
+    # Long tick labels side by side (``0.25 %`` x 8) would overlap: turn them (about 5.5 px per character).
+    rotate = len(labels) * max(map(len, labels)) * 5.5 > pw
+    bottom = 40 if rotate else 22
+    ph = PANEL_H - top - bottom
     xs = {r: left + pw * (i + 0.5) / len(severities) for i, r in enumerate(severities)}
 
     def y(v: float) -> float:
         return top + ph * (1 - min(max(v, 0.0), 1.0))
 
-    name = str(model.get("model", "model"))
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' role='img' aria-labelledby='{plot_id}-t {plot_id}-d' "
-           "font-family='system-ui, sans-serif' "
-           f"width='{width}' height='{height}' viewBox='0 0 {width} {height}'>",
-           f"<title id='{plot_id}-t'>Recall@k of {_e(name)} versus {_e(perturbation)} severity</title>",
-           f"<desc id='{plot_id}-d'>Solid lines: measured Recall@k; dashed: baseline; dotted: chance level k/N; "
-           f"one colour per k ({_e(', '.join(str(k) for k in ks))}).</desc>",
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' role='img' aria-labelledby='{pid}-t {pid}-d' "
+           f"font-family='system-ui, sans-serif' width='{PANEL_W}' height='{PANEL_H}' "
+           f"viewBox='0 0 {PANEL_W} {PANEL_H}'>",
+           f"<title id='{pid}-t'>Recall@{_e(k)} of {_e(name)} versus {_e(perturbation)} severity</title>",
+           f"<desc id='{pid}-d'>Solid: measured Recall@{_e(k)}; dashed: baseline; dotted: chance level k/N; "
+           "red rings: failing cells.</desc>",
+           f"<text x='{left}' y='13' font-size='12' font-weight='700'>k = {_e(k)}</text>",
            f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='#fff' stroke='#999'/>"]
-    for tick in range(0, 101, 20):
+    for tick in (0, 50, 100):
         ty = y(tick / 100)
         out.append(f"<line x1='{left}' x2='{left + pw}' y1='{ty:.1f}' y2='{ty:.1f}' stroke='#e3e3e3'/>"
-                   f"<text x='{left - 6}' y='{ty + 4:.1f}' font-size='11' text-anchor='end'>{tick}</text>")
-    for r, x in xs.items():
-        out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top + ph}' y2='{top + ph + 4}' stroke='#555'/>"
-                   f"<text x='{x:.1f}' y='{top + ph + 17}' font-size='11' text-anchor='middle'>"
-                   f"{_e(_severity_label(perturbation, r))}</text>")
-    axis = ("occlusion ratio (% of image area; evenly spaced categories)" if perturbation == "occlusion"
-            else f"{perturbation} severity level (0 = clean)")
-    out.append(f"<text x='{left + pw / 2:.1f}' y='{height - 18}' font-size='12' text-anchor='middle'>"
-               f"{_e(axis)}</text>"
-               f"<text x='16' y='{top + ph / 2:.1f}' font-size='12' text-anchor='middle' "
-               f"transform='rotate(-90 16 {top + ph / 2:.1f})'>Recall@k (%)</text>")
-    for i, k in enumerate(ks):
-        out.extend(_k_series(k, K_COLOURS[i % len(K_COLOURS)], severities, xs, by, y, left, pw, perturbation))
-    out.extend(_plot_legend(ks, left + pw + 14, top))
+                   f"<text x='{left - 4}' y='{ty + 3.5:.1f}' font-size='10' text-anchor='end'>{tick}</text>")
+    for (r, x), text in zip(xs.items(), labels):
+        label, ty = _e(text), top + ph + 12
+        turn = f" transform='rotate(-40 {x:.1f} {ty})'" if rotate else ""
+        out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{top + ph}' y2='{top + ph + 3}' stroke='#555'/>"
+                   f"<text x='{x:.1f}' y='{ty}' font-size='9' text-anchor='{'end' if rotate else 'middle'}'"
+                   f"{turn}>{label}</text>")
+    out.extend(_series(k, perturbation, severities, xs, by, y, left, pw))
     out.append("</svg>")
     return "".join(out)
 
 
-def _k_series(k: int, colour: str, severities: list, xs: dict, by: dict, y: Any, left: float, pw: float,
-              perturbation: str = "occlusion") -> list[str]:
-    """Chance line, baseline (dashed), measured (solid) with markers, failing points ringed in red."""
+def _series(k: Any, perturbation: str, severities: list, xs: dict, by: dict, y: Any, left: float,
+            pw: float) -> list[str]:
+    """Chance (dotted), baseline (dashed), measured (solid, with markers); failing points ringed."""
     cells = [by.get((r, k)) for r in severities]
     out = []
     chance = next((c.get("chance") for c in cells if c and _is_num(c.get("chance"))), None)
     if chance is not None:
         out.append(f"<line x1='{left}' x2='{left + pw}' y1='{y(chance):.1f}' y2='{y(chance):.1f}' "
-                   f"stroke='{colour}' stroke-width='1.2' stroke-dasharray='1 3'/>")
+                   f"stroke='{CHANCE_COLOUR}' stroke-width='1.4' stroke-dasharray='1 3'/>")
     base = [(xs[r], y(c["baseline"]) if c and _is_num(c.get("baseline")) else None) for r, c in zip(severities, cells)]
     meas = [(xs[r], y(c["measured"]) if c and _is_num(c.get("measured")) else None) for r, c in zip(severities, cells)]
-    out.extend(_polyline(s, colour, "6 4", 1.5) for s in _segments(base))
-    out.extend(_polyline(s, colour, None, 2.2) for s in _segments(meas))
+    out.extend(_polyline(s, BASELINE_COLOUR, "5 3", 1.8) for s in _segments(base))
+    out.extend(_polyline(s, MEASURED_COLOUR, None, 2.0) for s in _segments(meas))
     for r, c in zip(severities, cells):
         if not c or not _is_num(c.get("measured")):
             continue
         cx, cy = xs[r], y(c["measured"])
+        state = cell_state(c)
         tip = (f"k={k}, {_severity_label(perturbation, r)}: {_pct(c['measured'])} (baseline "
-               f"{_pct(c.get('baseline'))}, "
-               f"{cell_state(c)})")
-        out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='3' fill='{colour}'><title>{_e(tip)}</title></circle>")
-        if cell_state(c) in verdicts.FAILING_STATES:
-            out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='7' fill='none' stroke='#c62828' stroke-width='2'/>")
-    return out
-
-
-def _plot_legend(ks: list, x: float, top: float) -> list[str]:
-    out = []
-    row = top + 8
-    for i, k in enumerate(ks):
-        colour = K_COLOURS[i % len(K_COLOURS)]
-        out.append(f"<line x1='{x}' x2='{x + 26}' y1='{row}' y2='{row}' stroke='{colour}' stroke-width='2.2'/>"
-                   f"<text x='{x + 32}' y='{row + 4}' font-size='12'>k = {_e(k)}</text>")
-        row += 18
-    row += 8
-    for dash, label in ((None, "measured"), ("6 4", "baseline"), ("1 3", "chance k/N")):
-        dash_attr = f" stroke-dasharray='{dash}'" if dash else ""
-        out.append(f"<line x1='{x}' x2='{x + 26}' y1='{row}' y2='{row}' stroke='#333' stroke-width='1.8'"
-                   f"{dash_attr}/><text x='{x + 32}' y='{row + 4}' font-size='12'>{label}</text>")
-        row += 18
-    out.append(f"<circle cx='{x + 13}' cy='{row}' r='6' fill='none' stroke='#c62828' stroke-width='2'/>"
-               f"<text x='{x + 32}' y='{row + 4}' font-size='12'>failing cell</text>")
+               f"{_pct(c.get('baseline'))}, {verdicts.STATE_LABELS.get(state, state)})")
+        out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='2.6' fill='{MEASURED_COLOUR}'>"
+                   f"<title>{_e(tip)}</title></circle>")
+        if state in verdicts.FAILING_STATES:
+            out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='6' fill='none' stroke='{FAIL_COLOUR}' "
+                       "stroke-width='2'/>")
     return out
 
 
@@ -509,20 +720,36 @@ def _encodings(meta: dict) -> str:
             f"image embeddings computed this run: {_e(_num(images))}</p>")
 
 
+def _baseline_line(model: dict) -> str:
+    """Which baseline the model was compared with, why that row, and how; set apart when the row is not
+    the model's own name (a model gated against another model's numbers must be visible at a glance)."""
+    name, row, source = model.get("model", "?"), model.get("baseline_row"), model.get("baseline_source")
+    why = model.get("baseline_row_rule")
+    why_html = f" ({_e(why)})" if why else ""
+    src = f" from <span class=mono>{_e(source)}</span>" if source else ", but no baseline was found"
+    mode = _MODE_WORDS.get(_mode(model) or "", "")
+    policy = _e(model.get("text_policy") or _dict(model.get("meta")).get("text_policy") or "—")
+    tail = f"{'; compared ' + _e(mode) if mode else ''}; text policy <span class=mono>{policy}</span>."
+    if not row:
+        return f"<p>No baseline row{why_html}{tail}</p>"
+    if str(row) != str(name):
+        return (f"<p class=note>Compared with the baseline row of <b class=mono>{_e(row)}</b>{why_html}, not a row "
+                f"named <span class=mono>{_e(name)}</span>{src}{tail}</p>")
+    return f"<p>Baseline row <span class=mono>{_e(row)}</span>{why_html}{src}{tail}</p>"
+
+
 def _model_section(model: dict, index: int, credentialed: bool) -> str:
-    """A measured model: verdict counts, cache proof, grid with summary beside it, plot."""
+    """A measured model: verdict counts, its baseline, cache proof, then per perturbation the grid, the
+    compact summary and small multiples (the raw summary collapsed)."""
     meta = _dict(model.get("meta"))
     t = model_tally(model)
-    head = (f"<h2 id='{_anchor(model, index)}'>{_e(model.get('model', '?'))}</h2>"
+    head = (f"<section id='{_anchor(model, index)}'><h2>{_e(model.get('model', '?'))}</h2>"
             f"<p><b>{t['passed']}</b> passed · <b>{t['failed'] + t['missing']}</b> failed "
             f"({t['missing']} of them without a baseline) · <b>{t['not_compared']}</b> NOT COMPARED · "
-            f"{t['chance_failed']} chance check(s) failed, of {t['cells']} cells. {_e(_grid_sentence(model))} "
-            f"Baseline row <span class=mono>{_e(model.get('baseline_row') or '—')}</span> from "
-            f"<span class=mono>{_e(model.get('baseline_source') or 'no baseline')}</span>; "
-            f"text policy <span class=mono>{_e(model.get('text_policy') or meta.get('text_policy') or '—')}"
-            "</span>.</p>")
+            f"{t['chance_failed']} chance check(s) failed, of {t['cells']} cells. {_e(_grid_sentence(model))}</p>"
+            f"{_baseline_line(model)}")
     if not t["cells"]:
-        return head + "<p class=muted>No cells were recorded for this model.</p>" + _encodings(meta)
+        return head + "<p class=muted>No cells were recorded for this model.</p>" + _encodings(meta) + "</section>"
     cells = [c for c in model.get("cells") or [] if isinstance(c, dict)]
     names = _perturbations(cells)
     body = [_across(model, names)]
@@ -531,9 +758,10 @@ def _model_section(model: dict, index: int, credentialed: bool) -> str:
         title = f"<h3>{_e(name)}</h3>" if len(names) > 1 or name != "occlusion" else ""
         # Documents written before perturbations existed hold one summary, not one per perturbation.
         summary = _dict(summaries.get(name)) if name in summaries or len(names) > 1 else summaries
-        body.append(f"{title}<div class=row><div>{_grid(model, name)}</div>{_summary(summary, credentialed)}</div>"
-                    + plot_svg(model, f"plot-{index}-{j}", name))
-    return head + _encodings(meta) + "".join(body)
+        body.append(f"{title}{_grid(model, name)}<div class=row><div>{_compact_summary(summary, name)}</div>"
+                    f"<div>{small_multiples(model, f'plot-{index}-{j}', name)}</div></div>"
+                    f"{_raw_summary(summary, name, credentialed)}")
+    return head + _encodings(meta) + "".join(body) + "</section>"
 
 
 def _across(model: dict, names: list[str]) -> str:
@@ -562,9 +790,9 @@ def _across(model: dict, names: list[str]) -> str:
     ce = (" CE = Σ(1 − R) over the severities relative to the reference model's (below 1: more robust)."
           if any(m.get("mce") is not None for m in mce_row) else
           " Name a reference model (--cxr-reference-model) for the mCE-style figure.")
-    return ("<table class=grid><caption>Across perturbations: mean relative drop of Recall@k over each "
-            f"perturbation's severities, 1 − R(s)/R(clean).{_e(ce)}</caption>"
-            f"<tr><th>perturbation</th>{head}</tr>{''.join(rows)}</table>")
+    return ("<div class=scroll><table class=grid><caption>Across perturbations: mean relative drop of Recall@k "
+            f"over each perturbation's severities, 1 − R(s)/R(clean).{_e(ce)}</caption>"
+            f"<tr><th>perturbation</th>{head}</tr>{''.join(rows)}</table></div>")
 
 
 # ----- skipped / errored, examples, metadata ----------------------------------------------------------------
@@ -573,7 +801,7 @@ def _not_measured(models: list[dict]) -> str:
     errored = [(i, m) for i, m in enumerate(models) if m.get("status") not in ("measured", "skipped")]
     if not skipped and not errored:
         return ""
-    parts = ["<h2>Models not measured</h2>"]
+    parts = ["<section id=not-measured><h2>Models not measured</h2>"]
     for i, m in errored:
         parts.append(f"<div class=err id='{_anchor(m, i)}'><b>{_e(m.get('model', '?'))}</b>: "
                      f"{_e(m.get('status', 'unknown status'))}"
@@ -581,7 +809,7 @@ def _not_measured(models: list[dict]) -> str:
     for i, m in skipped:
         parts.append(f"<div class=skip id='{_anchor(m, i)}'><b>{_e(m.get('model', '?'))}</b>: skipped — to run it:"
                      f"<pre>{_e(m.get('reason') or 'no reason recorded')}</pre></div>")
-    return "".join(parts)
+    return "".join(parts) + "</section>"
 
 
 def _examples(doc: dict) -> str:
@@ -597,7 +825,7 @@ def _examples(doc: dict) -> str:
         pic = f"<img src='{img}' alt='{_e(x.get('image_id', 'image'))}'/>" if img else "<p class=muted>no image</p>"
         figs.append(f"<figure>{pic}<figcaption><b>{_e(x.get('image_id', '?'))}</b><br/>{_e(x.get('report', ''))}"
                     "</figcaption></figure>")
-    return "<h2>Examples</h2><div>" + "".join(figs) + "</div>"
+    return "<section id=examples><h2>Examples</h2><div class=gallery>" + "".join(figs) + "</div></section>"
 
 
 def _png_data_uri(b64: Any) -> str | None:
@@ -641,9 +869,9 @@ def _model_metadata(model: dict, credentialed: bool) -> str:
 
 def _metadata(doc: dict, models: list[dict], credentialed: bool) -> str:
     run = {"schema": doc.get("schema"), "created": doc.get("created"), "git revision": doc.get("git") or "unknown"}
-    parts = ["<h2>Metadata</h2>", _kv_table(run, credentialed)]
+    parts = ["<section id=metadata><h2>Metadata</h2>", _kv_table(run, credentialed)]
     parts.extend(_model_metadata(m, credentialed) for m in models if m.get("status") == "measured")
-    parts.append(f"<h3>Effective configuration</h3>{_kv_table(_dict(doc.get('config')), credentialed)}")
+    parts.append(f"<h3>Effective configuration</h3>{_kv_table(_dict(doc.get('config')), credentialed)}</section>")
     return "".join(parts)
 
 
@@ -670,7 +898,7 @@ def render_report(doc: dict) -> str:
     credentialed = bool(_dict(doc.get("dataset")).get("credentialed"))
     models = _models(doc)
     verdict, _ = overall_verdict(doc)
-    body = [_safe(_header, doc)]
+    body = [_safe(_header, doc), _safe(_overview, doc), _safe(_rules, doc), _safe(_dataset, doc)]
     body.extend(_safe(_model_section, m, i, credentialed)
                 for i, m in enumerate(models) if m.get("status") == "measured")
     body.append(_safe(_not_measured, models))

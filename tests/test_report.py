@@ -6,21 +6,25 @@ import base64
 import os
 import re
 import xml.etree.ElementTree as ET
-from html import escape
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from cxr_robust.metrics import RankCounts
 from cxr_robust.report import cell_state, overall_verdict, render_report, write_report
 from cxr_robust.results import PAPER_COUNTS, SCHEMA, ModelOutcome
-from cxr_robust.stats import CellDecision
+from cxr_robust.stats import CellDecision, GateRule
+from cxr_robust.summaries import robustness_summary
 
 RATIOS = (0.0, 0.0025, 0.25)
 KS = (5, 10)
 N_CANDIDATES, N_QUERIES = 994, 1770
-RULE = "one-sided z-test, Holm-adjusted over the model's grid, fail if adjusted p < alpha=0.05"
+RULE = GateRule().describe("unpaired")
+PAIRED_RULE = GateRule().describe("paired") + " (phantom-clip__phantom-eval-s0__seed0.npz; same perturbation seed)"
 SECRET = "SECRET-REPORT-TEXT-42"
 # A 1x1 PNG, as a phantom example image would be embedded.
 PNG_1X1 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==")
@@ -89,10 +93,49 @@ def _failing_grid(model: str) -> list[dict]:
     return cells
 
 
+def _paired_grid(model: str, lost: int = 12, gained: int = 3, p: float = 0.018,
+                 failing: tuple[float, int] | None = None) -> list[dict]:
+    """A grid compared on the same queries against recorded ranks, as ``gate.compare_paired`` stores it; the
+    ``failing`` (ratio, k) cell lost 5 pp."""
+    cells = []
+    for r in RATIOS:
+        for k in KS:
+            bad = (r, k) == failing
+            c = _cell(model, r, k, shift=-0.05 if bad else 0.0, passed=not bad)
+            c.update(rule=PAIRED_RULE, tolerance=None, se=None, p_value=p, baseline_n_queries=N_QUERIES,
+                     extras={"paired": {"b": float(lost), "c": float(gained), "p_value": p, "method": "mcnemar-exact",
+                                        "n_queries": N_QUERIES, "reference_seed": 0, "run_seed": 0}})
+            cells.append(c)
+    return cells
+
+
+def curve_summary(ratios: tuple[float, ...] = RATIOS, ks: tuple[int, ...] = KS, seed: int = 0) -> dict:
+    """A real :func:`robustness_summary` (ranks that worsen with severity), so the shape stays in step."""
+    rng = np.random.default_rng(seed)
+    m = 300
+    counts = {float(r): RankCounts(rng.integers(0, 40 + 150 * i, m), np.zeros(m, dtype=np.int64), N_CANDIDATES)
+              for i, r in enumerate(ratios)}
+    return robustness_summary(counts, ks, n_boot=200, seed=seed)
+
+
+def _rows(table_html: str) -> list[list[str]]:
+    """A table's rows as lists of cell texts (tags stripped, spaces collapsed)."""
+    return [[unescape(re.sub(r"\s+([),.;])", r"\1", re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", cell))).strip())
+             for cell in re.findall(r"<t[hd]\b[^>]*>(.*?)</t[hd]>", row, flags=re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table_html, flags=re.S)]
+
+
+def _summary_table(html: str, n: int = 0) -> str:
+    return re.findall(r"<table class=summary>.*?</table>", html, flags=re.S)[n]
+
+
+def _section(html: str, section_id: str) -> str:
+    return re.search(rf"<section id={section_id}>(.*?)</section>", html, flags=re.S).group(1)
+
+
 def example_document() -> dict:
     """A document with every kind of model entry (also used to render /tmp/cxr_report_example.html)."""
-    ok = _measured("phantom-clip", _grid("phantom-clip"),
-                   summary={"auc": {"value": 0.4123, "ci": [0.40, 0.425]}, "relative_drop": {"value": 0.12}})
+    ok = _measured("phantom-clip", _grid("phantom-clip"), summary={"occlusion": curve_summary()})
     bad = _measured("cxr-clip-swint", _failing_grid("cxr-clip-swint"))
     bad["cells"][0] = _cell("cxr-clip-swint", 0.0, 5, chance_passed=False)
     nobase = _measured("biovil", _grid("biovil", baseline=False))
@@ -174,7 +217,9 @@ def test_failing_cell_fails_the_report_and_is_marked() -> None:
     for fragment in ("tolerance ±2.31 pp", "family-adjusted p = 0.001", "chance k/N = 1.006 %",
                      "N = 994 candidate reports", "M = 1,770 query images"):
         assert fragment in tooltip
-    assert "stroke='#c62828' stroke-width='2'/>" in html.split("<svg", 1)[1]  # ringed in the plot
+    ring = "stroke='#c62828' stroke-width='2'/>"
+    panels = re.findall(r"<svg\b.*?</svg>", html, flags=re.S)
+    assert [ring in svg for svg in panels] == [False, True]  # ringed in the k = 10 panel only
 
 
 def test_chance_failure_gets_a_badge_and_fails() -> None:
@@ -211,17 +256,124 @@ def test_skipped_and_errored_models_show_their_reasons() -> None:
     assert "NOTHING MEASURED" in only_skipped
 
 
-def test_summary_rendered_generically() -> None:
+def test_compact_summary_is_in_the_grids_units_with_cis() -> None:
+    """Rows k; clean Recall@k, AUC, AUC ÷ clean and the drop at each severity, all in %, labelled as the grid."""
+    summary = curve_summary()
+    html = render_report(_doc([_measured("m", _grid("m"), summary={"occlusion": summary})]))
+    rows = _rows(_summary_table(html))
+    assert rows[0][:4] == ["k", "clean Recall@k", "AUC", "AUC ÷ clean"]
+    assert rows[1] == ["0.25 %", "25 %"]  # the grid's column headers, severity 0 is the clean column
+    grid_head = re.search(r"<table class=grid>.*?</tr>", html, flags=re.S).group(0)
+    assert all(f"<th>{label}</th>" in grid_head for label in rows[1])
+    k10 = rows[3]
+    assert k10[0] == "k = 10"
+
+    def shown(entry: dict, digits: int) -> str:
+        lo, hi = entry["ci"]
+        return f"{100 * entry['value']:.{digits}f} % [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+
+    assert k10[1] == shown(summary["clean@10"], 2) and k10[2] == shown(summary["auc@10"], 2)
+    assert k10[3] == shown(summary["auc_rel@10"], 1)
+    assert k10[4:] == [shown(summary["drop@10"][repr(r)], 1) for r in RATIOS[1:]]
+    assert float(k10[5].split()[0]) > 20  # the synthetic ranks worsen: a real drop, not a fraction printed
+    caption = re.search(r"<table class=summary><caption>(.*?)</caption>", html, flags=re.S).group(1)
+    assert "divided by that range (trapezoid rule)" in caption and "occluded area from 0 to 25 %" in caption
+    assert "95 % bootstrap CIs over 300 queries (200 resamples)" in caption
+
+
+def test_raw_summary_figures_are_collapsed_and_in_percent() -> None:
+    summary = curve_summary()
+    html = render_report(_doc([_measured("m", _grid("m"), summary={"occlusion": summary})]))
+    before, details = html.split("<details class=raw>", 1)
+    details = details.split("</details>", 1)[0]
+    assert "drop@" not in before and "auc_rel@" not in before  # the raw key names only inside the collapsed part
+    drop = summary["drop@5"][repr(0.25)]
+    assert (f"<tr><th>drop@5 at 25 %</th><td class=num>{100 * drop['value']:.2f} %</td>"
+            f"<td class=num>[{100 * drop['ci'][0]:.2f}, {100 * drop['ci'][1]:.2f}]</td></tr>") in details
+    assert "<th>severities</th><td colspan=2>0 %, 0.25 %, 25 %</td>" in details
+    assert "<th>confidence</th><td colspan=2>95 %</td>" in details and "<th>n_boot</th>" in details
+
+
+def test_levelled_perturbation_summary_uses_level_labels() -> None:
+    cells = _grid("m") + [{**_cell("m", 0.0, k), "perturbation": "gaussian_noise", "severity": float(s),
+                           "ratio": None} for s in (1, 3) for k in KS]
+    summary = {"occlusion": curve_summary(), "gaussian_noise": curve_summary(ratios=(0.0, 1.0, 3.0))}
+    html = render_report(_doc([_measured("m", cells, summary=summary)]))
+    rows = _rows(_summary_table(html, 1))
+    assert rows[1] == ["s1", "s3"]
+    caption = re.findall(r"<table class=summary><caption>(.*?)</caption>", html, flags=re.S)[1]
+    assert "severity level from clean (0) to s3, levels evenly spaced" in caption
+
+
+def test_old_document_with_one_summary_and_no_perturbation_key_renders() -> None:
+    """results.json written before perturbations existed: cells carry ``ratio`` only, one summary."""
+    cells = [{k: v for k, v in c.items() if k not in ("perturbation", "severity")} for c in _grid("m")]
+    model = _measured("m", cells, summary=curve_summary())
+    del model["mode"]
+    html = render_report(_doc([model]))
+    _parse(html)
+    assert "could not be rendered" not in html
+    assert _rows(_summary_table(html))[1] == ["0.25 %", "25 %"]
+    assert _cell_classes(html) == ["pass"] * 6 and len(_svgs(html)) == len(KS)
+
+
+def test_summary_of_another_shape_is_only_listed_raw() -> None:
     model = _measured("m", _grid("m"), summary={"auc": {"value": 0.4123, "ci": [0.4, 0.425]},
                                                   "relative_drop": {"value": 0.12, "ci": [0.1, 0.14]}, "n": 3})
     html = render_report(_doc([model]))
-    assert "<h4>Summary</h4>" in html
-    assert "<th>auc</th>" in html and "0.4123 <span class=muted>[0.4, 0.425]</span>" in html
-    assert "<th>relative_drop</th>" in html and "<th>n</th>" in html
-    assert "0.12 <span class=muted>[0.1, 0.14]</span>" in html
-    bare = render_report(_doc([_measured("m", _grid("m"), summary={"drop": {"value": 0.2, "method": "paired"}})]))
-    assert "0.2 <span class=muted>(method=paired)</span>" in bare
-    assert "<h4>Summary</h4>" not in render_report(_doc([_measured("m", _grid("m"))]))
+    assert "<table class=summary>" not in html
+    details = html.split("<details class=raw>", 1)[1].split("</details>", 1)[0]
+    assert "<th>auc</th>" in details and "0.4123 <span class=muted>[0.4, 0.425]</span>" in details
+    assert "<th>relative_drop</th>" in details and "<th>n</th>" in details
+    assert "<details class=raw>" not in render_report(_doc([_measured("m", _grid("m"))]))
+
+
+# ----- gate rule, paired tooltips, baseline row -------------------------------------------------------------
+def test_paired_run_shows_the_paired_rule_and_lost_gained_queries() -> None:
+    model = _measured("phantom-clip", _paired_grid("phantom-clip", failing=(0.25, 10)), mode="paired")
+    html = render_report(_doc([model]))  # the document's run-level rule is the stale unpaired line
+    rule = _section(html, "gate-rule")
+    assert escape(PAIRED_RULE) in rule and "z-test" not in rule and "McNemar" in rule
+    assert "Applied to <a href='#model-0-phantom-clip'>phantom-clip</a> (paired, 6 cells)." in rule
+    tips = re.findall(r"<td class=(?:pass|fail) title='([^']*)'", html)
+    assert len(tips) == 6 and all("tolerance" not in t for t in tips)
+    assert all("12 queries lost the hit (b), 3 gained it (c); exact test (mcnemar-exact) one-sided p = 0.018" in t
+               for t in tips)
+    assert "hover a cell for the queries that lost / gained the hit and the exact test's p" in html
+    assert ">paired<" in _section(html, "models")
+
+
+def test_models_compared_differently_each_get_their_rule() -> None:
+    paired = _measured("phantom-clip", _paired_grid("phantom-clip"), mode="paired")
+    unpaired = _measured("clip", _grid("clip"), mode="unpaired")
+    rule = _section(render_report(_doc([paired, unpaired])), "gate-rule")
+    rows = _rows(rule)
+    assert rows[0] == ["applied to", "rule"]
+    by_rule = {r[1]: r[0] for r in rows[1:]}
+    assert by_rule == {PAIRED_RULE: "phantom-clip (paired, 6 cells)", RULE: "clip (unpaired, 6 cells)"}
+
+
+def test_rule_falls_back_to_the_runs_line_when_nothing_was_compared() -> None:
+    rule = _section(render_report(_doc([_measured("m", _grid("m", baseline=False))])), "gate-rule")
+    assert escape(RULE) in rule and "No cell was compared with a baseline in this run." in rule
+
+
+def test_baseline_row_of_another_model_is_set_apart_with_its_rule() -> None:
+    model = _measured("my-finetune", _paired_grid("my-finetune"), mode="paired")
+    model.update(baseline_row="phantom-clip", baseline_row_rule="declared by the model's registry entry")
+    html = render_report(_doc([model]))
+    assert ("<p class=note>Compared with the baseline row of <b class=mono>phantom-clip</b> (declared by the "
+            "model&#x27;s registry entry), not a row named <span class=mono>my-finetune</span> from "
+            "<span class=mono>baselines/phantom.csv</span>; compared paired: the same queries against recorded "
+            "per-query ranks;") in html
+    assert "paired · <span class=mono>row phantom-clip</span>" in _section(html, "models")
+    own = {**_measured("phantom-clip", _grid("phantom-clip"), mode="unpaired"), "baseline_row_rule": "the model's name"}
+    html = render_report(_doc([own]))
+    assert ("<p>Baseline row <span class=mono>phantom-clip</span> (the model&#x27;s name) from "
+            "<span class=mono>baselines/phantom.csv</span>; compared unpaired") in html
+    assert "class=note" not in html and "row phantom-clip</span>" not in _section(html, "models")
+    html = render_report(_doc([_measured("phantom-clip", _grid("phantom-clip"))]))  # no baseline_row_rule recorded
+    assert "<p>Baseline row <span class=mono>phantom-clip</span> from" in html
 
 
 def test_header_dataset_counts_beside_paper_and_exclusions() -> None:
@@ -256,24 +408,31 @@ def test_metadata_and_cache_proof() -> None:
 
 
 # ----- the plot ---------------------------------------------------------------------------------------------
-def test_plot_is_valid_svg_with_one_series_per_k() -> None:
-    html = render_report(_doc([_measured("m", _grid("m"))]))
-    (svg,) = _svgs(html)
+def test_small_multiples_one_valid_svg_panel_per_k() -> None:
+    html = render_report(_doc([_measured("m", _failing_grid("m"))]))
+    svgs = _svgs(html)
+    assert len(svgs) == len(KS)
     ns = "{http://www.w3.org/2000/svg}"
-    assert svg.find(f"{ns}title") is not None and "Recall@k of m" in svg.find(f"{ns}title").text
-    lines = svg.findall(f"{ns}polyline")
-    assert sum(1 for p in lines if p.get("stroke-dasharray") is None) == len(KS)  # measured
-    assert sum(1 for p in lines if p.get("stroke-dasharray") == "6 4") == len(KS)  # baseline
-    chance = [ln for ln in svg.findall(f"{ns}line") if ln.get("stroke-dasharray") == "1 3"]
-    assert len(chance) >= len(KS)
-    # Evenly spaced categorical x axis, whatever the ratio values.
-    xs = sorted({float(c.get("cx")) for c in svg.findall(f"{ns}circle") if c.get("r") == "3"})
-    assert len(xs) == len(RATIOS)
-    steps = {round(b - a, 1) for a, b in zip(xs, xs[1:])}
-    assert len(steps) == 1
-    texts = [t.text for t in svg.iter(f"{ns}text")]
-    assert "Recall@k (%)" in texts and any(t and t.startswith("occlusion ratio") for t in texts)
-    assert "k = 5" in texts and "baseline" in texts and "chance k/N" in texts
+    for k, svg in zip(KS, svgs):
+        assert svg.find(f"{ns}title").text == f"Recall@{k} of m versus occlusion severity"
+        lines = svg.findall(f"{ns}polyline")
+        assert [p.get("stroke-dasharray") for p in lines] == ["5 3", None]  # baseline, then measured
+        chance = [ln for ln in svg.findall(f"{ns}line") if ln.get("stroke-dasharray") == "1 3"]
+        y_chance = float(chance[0].get("y1"))
+        # Evenly spaced categorical x axis, whatever the ratio values; the chance line sits at k/N on 0-100 %.
+        dots = [c for c in svg.findall(f"{ns}circle") if c.get("r") == "2.6"]
+        xs = [float(c.get("cx")) for c in dots]
+        assert len(xs) == len(RATIOS) and len({round(b - a, 1) for a, b in zip(xs, xs[1:])}) == 1
+        ticks = {t.text: float(t.get("y")) - 3.5 for t in svg.iter(f"{ns}text") if t.text in ("100", "0")}
+        assert y_chance == pytest.approx(ticks["0"] + (ticks["100"] - ticks["0"]) * k / N_CANDIDATES, abs=0.1)
+        assert "k = {}".format(k) in [t.text for t in svg.iter(f"{ns}text")]
+        labels = [t.text for t in svg.iter(f"{ns}text")]
+        assert all(label in labels for label in ("0 %", "0.25 %", "25 %"))
+        tips = [c.find(f"{ns}title").text for c in dots]
+        assert tips[-1].startswith(f"k={k}, 25 %: ")
+    assert "FAIL" in [c.find(f"{ns}title").text for c in svgs[1].iter(f"{ns}circle")
+                      if c.find(f"{ns}title") is not None][-1]
+    assert "measured</span>" in html and "baseline</span>" in html and "chance k/N</span>" in html
 
 
 # ----- privacy and escaping ---------------------------------------------------------------------------------
@@ -311,10 +470,11 @@ def test_phantom_examples_gallery_is_embedded_and_escaped() -> None:
 
 def test_model_name_with_markup_is_escaped() -> None:
     name = "evil<script>alert('x')</script>\"&"
-    doc = _doc([_measured(name, _grid(name)),
+    doc = _doc([{**_measured(name, _grid(name)), "baseline_row": "<i>row</i>", "baseline_row_rule": "<u>why</u>"},
                 ModelOutcome("<b>skip</b>", "skipped", reason="set <PATH> & retry").__dict__])
     html = render_report(doc)
-    assert "<script" not in html and "<b>skip</b>" not in html
+    assert "<script" not in html and "<b>skip</b>" not in html and "<i>" not in html and "<u>" not in html
+    assert "row of <b class=mono>&lt;i&gt;row&lt;/i&gt;</b> (&lt;u&gt;why&lt;/u&gt;)" in html
     assert "evil&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&quot;&amp;" in html
     assert "set &lt;PATH&gt; &amp; retry" in html
     _parse(html)
@@ -325,7 +485,7 @@ def test_model_name_with_markup_is_escaped() -> None:
 def test_example_document_is_well_formed_and_self_contained() -> None:
     html = render_report(example_document())
     parser = _parse(html)
-    assert len(_svgs(html)) == 3
+    assert len(_svgs(html)) == 3 * len(KS)  # three measured models, one panel per k
     assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
     for tag, name, value in parser.attrs:
         if name in ("src", "href", "xlink:href", "action", "poster"):
