@@ -74,7 +74,9 @@ table.summary th{text-align:center}table.summary tbody th{text-align:left;white-
 .ci{display:block;font-size:.78em;color:#555}
 .multiples{display:flex;flex-wrap:wrap;gap:2px 8px;align-items:flex-start}
 .keyline{font-size:.85em;color:#333;margin:.1em 0 .6em;contain:inline-size}
-.nowrap{white-space:nowrap}.swatch{display:inline-block;width:24px;height:0;vertical-align:middle;margin:0 4px 0 12px}
+.nowrap{white-space:nowrap}td.name{overflow-wrap:anywhere;min-width:7em}
+h1,h2,h3,p,li{overflow-wrap:break-word}
+.swatch{display:inline-block;width:24px;height:0;vertical-align:middle;margin:0 4px 0 12px}
 .ring{display:inline-block;width:9px;height:9px;border:2px solid #c62828;border-radius:50%;vertical-align:middle;
  margin:0 4px 0 12px}
 details.raw{margin:.3em 0 1em}details.raw table{font-size:.9em}
@@ -290,8 +292,8 @@ def _overview(doc: dict) -> str:
             verdict = m.get("verdict") or verdicts.model_verdict(m, _dict(doc.get("config")))
             nums = "<td class=num>—</td>" * 5 + "<td>—</td><td>—</td>"
         cls = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "nobase")
-        rows.append(f"<tr><td><a href='#{_anchor(m, i)}'>{_e(m.get('model', '?'))}</a></td><td>{_e(status)}</td>"
-                    f"{nums}<td class={cls}>{_e(verdict)}</td></tr>")
+        rows.append(f"<tr><td class=name><a href='#{_anchor(m, i)}'>{_e(m.get('model', '?'))}</a></td>"
+                    f"<td>{_e(status)}</td>{nums}<td class={cls}>{_e(verdict)}</td></tr>")
     if not rows:
         return "<section id=models><h3>Models</h3><p class=muted>No model in this run.</p></section>"
     return ("<section id=models><h3>Models</h3><div class=scroll><table><tr><th>model</th><th>status</th>"
