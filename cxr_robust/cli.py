@@ -883,6 +883,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_project_args(p)
     p.set_defaults(func=cmd_check_data)
+
+    from cxr_robust import scaffold  # light (no torch); its logic lives there, the subcommand is thin
+
+    p = sub.add_parser("init", help="scaffold a gate for your own model and data in DIR", epilog=scaffold.EPILOG,
+                       formatter_class=fmt, description="Write a gate test module, a model stub, a manifest "
+                       "template, baselines/ and a [tool.cxr_robust] table, never overwriting anything.")
+    p.add_argument("directory", nargs="?", default=".", metavar="DIR", help="project folder (default: the current "
+                   "one; created if needed)")
+    p.set_defaults(func=scaffold.cmd_init)
     return parser
 
 
