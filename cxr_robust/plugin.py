@@ -501,3 +501,31 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(problem, red=True, bold=True)
     for kind, path in config.stash.get(_PATHS_KEY, {}).items():
         tr.write_line(f"{kind}: {path}")
+
+
+# ----- the "no gate test" hint (cxr_robust/plugin_hints.py) ----------------------------------------------------
+# pytest takes one function per hook name from a plugin module, and this one already implements
+# pytest_collection_modifyitems and pytest_terminal_summary: these carry other names and say which hook
+# they implement with `specname`.
+@pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_count_gate_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Count the tests that take ``gate_cell`` before ``-m``/``-k`` deselect any."""
+    from cxr_robust.plugin_hints import count_gate_tests
+
+    count_gate_tests(config, items)
+
+
+@pytest.hookimpl(optionalhook=True, specname="pytest_xdist_node_collection_finished")
+def pytest_xdist_node_collection_finished_count(node: Any, ids: list[str]) -> None:
+    """pytest-xdist, controller side: count what the workers collected (the controller collects nothing)."""
+    from cxr_robust.plugin_hints import note_worker_collection
+
+    note_worker_collection(node.config, ids)
+
+
+@pytest.hookimpl(specname="pytest_terminal_summary")
+def pytest_terminal_summary_no_gate_hint(terminalreporter: Any, config: pytest.Config) -> None:
+    """``-m robustness`` without any gate test: say how to get one instead of a bare "collected 0 items"."""
+    from cxr_robust.plugin_hints import write_hint
+
+    write_hint(terminalreporter, config)
