@@ -724,11 +724,14 @@ def cmd_check_data(args: argparse.Namespace) -> int:
              f"{first}")
         return EXIT_USAGE
     meta, counts = data.meta, data.counts()
+    # Named as the gate names it (GateSession.dataset_name), so the warning reads like the gate's own error.
+    label = f"mimic-cxr-{options.mimic_split}" if mimic_root else f"manifest-{Path(manifest).stem}"
+    ks_warning = _ks_warning(options, data.num_studies, label)
     summary = {"dataset": data.name, "source": meta.get("source"), "counts": counts,
                "view_groups": meta.get("counts", {}).get("view_groups"),
                "excluded_studies": meta.get("excluded_studies", {}), "excluded_images": meta.get("excluded_images", {}),
                "paper_reference": dict(PAPER_COUNTS),
-               "unusable_images": _count_reasons(unusable)}
+               "unusable_images": _count_reasons(unusable), "ks": list(options.ks), "ks_warning": ks_warning}
     if mimic_root:
         summary.update(version=meta.get("dataset_version"), split=meta.get("split"), views=meta.get("views"),
                        reports_source=meta.get("reports_source"), split_counts=meta.get("split_counts"))
@@ -751,7 +754,24 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     _say(f"excluded images: {_by_reason(summary['excluded_images'])}")
     if unusable:
         _say(f"images the sweep will skip (--skip-bad; on_bad_image='skip'): {_by_reason(summary['unusable_images'])}")
+    if ks_warning:
+        _say(f"warning: {ks_warning}")
     return EXIT_OK
+
+
+def _ks_warning(options: "GateOptions", n_reports: int, dataset: str) -> str | None:
+    """The gate's k <= N check on this set, as a warning: which ks it would refuse and what to pass instead.
+
+    The ks are the configured ones ([tool.cxr_robust], else the paper's 5-100): with fewer than 100 reports
+    the default grid would stop the gate right after loading the data.
+    """
+    from cxr_robust.gate import GateUsageError
+
+    try:
+        options.check_grid(n_reports, dataset)
+    except GateUsageError as exc:
+        return f"the gate would stop after loading this set: {exc}"
+    return None
 
 
 def _count_reasons(errors: dict[int, Any]) -> dict[str, int]:

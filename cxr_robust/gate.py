@@ -102,12 +102,18 @@ class GateOptions:
                                                defaults={"occlusion": tuple(self.ratios)}))
 
     def check_grid(self, n_candidates: int, dataset: str) -> None:
-        """Raise :class:`GateUsageError` when a k exceeds the ``n_candidates`` reports of ``dataset``."""
+        """Raise :class:`GateUsageError` when a k exceeds the ``n_candidates`` reports of ``dataset``; the
+        message names the ks to drop and the value to pass instead, ready to paste."""
         too_big = [k for k in self.ks if k > n_candidates]
         if too_big:
+            # k = 1 always fits; it is offered only when no configured k does (a set that small says little)
+            keep = [k for k in self.ks if k <= n_candidates] or [1]
+            ks = ",".join(map(str, keep))
+            drop = ", ".join(map(str, too_big))
             raise GateUsageError(f"--cxr-ks {','.join(map(str, too_big))}: dataset {dataset} has only "
-                                 f"{n_candidates} reports, so Recall@k needs k <= {n_candidates}; choose smaller ks "
-                                 "(or a larger data set)")
+                                 f"{n_candidates} reports, so Recall@k needs k <= {n_candidates}: drop k = {drop} "
+                                 f"and pass --cxr-ks={ks} (cxr-robust run: --ks {ks}; pyproject.toml "
+                                 f"[tool.cxr_robust]: ks = [{', '.join(map(str, keep))}]), or use a larger data set")
 
     def effective(self) -> dict[str, Any]:
         """The configuration as recorded in the report."""
