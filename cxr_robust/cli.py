@@ -50,65 +50,13 @@ def _err(message: str) -> None:
 
 
 # ----- shared option handling ---------------------------------------------------------------------------------
-# CLI dest -> GateOptions field; aliases keep the pytest plugin's spelling working here too.
-_GATE_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
-    (("--models", "--cxr-models"), "models", {"metavar": "A,B"},
-     "comma-separated models: registered names or 'package.module:factory'"),
-    (("--dataset", "--cxr-dataset"), "dataset", {"choices": ("phantom", "mimic", "manifest")},
-     "evaluation set: phantom (default), mimic (needs --mimic-root) or manifest (needs --manifest); "
-     "inferred from --mimic-root / --manifest when only one of them is given"),
-    (("--phantom-studies",), "phantom_studies", {"metavar": "N"},
-     "studies in the phantom eval set (default 994; small values for smoke runs)"),
-    (("--mimic-root",), "mimic_root", {"metavar": "DIR"}, "MIMIC-CXR-JPG root [env CXR_ROBUST_MIMIC_ROOT]"),
-    (("--mimic-reports",), "mimic_reports", {"metavar": "PATH"},
-     "mimic-cxr-reports.zip, a reports files/ tree or mimic_cxr_sectioned.csv(.gz)"),
-    (("--mimic-split",), "mimic_split", {"choices": ("train", "validate", "test")},
-     "MIMIC-CXR split (default validate)"),
-    (("--views", "--cxr-views"), "views", {"metavar": "VIEWS"}, "view filter: all (default), frontal, lateral, PA, AP"),
-    (("--manifest", "--cxr-manifest"), "manifest", {"metavar": "CSV"}, "manifest for --dataset manifest"),
-    (("--weights-dir",), "weights_dir", {"metavar": "DIR"}, "folder of published weights [env CXR_ROBUST_WEIGHTS_DIR]"),
-    (("--bert-vocab",), "bert_vocab", {"metavar": "PATH"}, "Bio_ClinicalBERT vocab.txt or its folder"),
-    (("--device", "--cxr-device"), "device", {"metavar": "DEV"}, "cpu, cuda, cuda:1 ... (default: cuda when present)"),
-    (("--precision", "--cxr-precision"), "precision", {"choices": ("fp32", "fp16", "bf16")},
-     "encoder precision: fp32 (default) or fp16/bf16 autocast (check rank agreement first)"),
-    (("--ratios", "--cxr-ratios"), "ratios", {"metavar": "P,P"},
-     "occluded area in percent (default 0,0.25,1,4,9,25,49,81)"),
-    (("--perturbations", "--cxr-perturbations"), "perturbations", {"metavar": "NAME,NAME"},
-     "perturbations to measure, or all (default occlusion, the paper's grid; `cxr-robust perturbations` lists them)"),
-    (("--severities", "--cxr-severities"), "severities", {"metavar": "SPEC"},
-     "severities per perturbation, e.g. 'gaussian_noise=1,3,5;occlusion=0,25' (occlusion in percent; "
-     "default 1-5, occlusion --ratios)"),
-    (("--reference-model", "--cxr-reference-model"), "reference_model", {"metavar": "MODEL"},
-     "a measured model to express corruption errors relative to (mCE)"),
-    (("--ks", "--cxr-ks"), "ks", {"metavar": "K,K"}, "retrieval depths (default 5,10,20,30,50,100)"),
-    (("--seed", "--cxr-seed"), "seed", {"metavar": "N"}, "perturbation seed: boxes, noise, ... (default 0)"),
-    (("--batch-size", "--cxr-batch-size"), "batch_size", {"metavar": "N"},
-     "images/texts per forward pass (default 64; raise it on a GPU)"),
-    (("--cache-dir", "--cxr-cache-dir"), "cache_dir", {"metavar": "DIR"},
-     "embedding cache (default ~/.cache/cxr_robust) [env CXR_ROBUST_CACHE_DIR]"),
-    (("--out", "--cxr-report"), "report_dir", {"metavar": "DIR"},
-     "results directory: results.json, results.csv, report.html, ranks/ (default cxr-robust-report)"),
-    (("--baselines", "--cxr-baselines"), "baselines", {"metavar": "CSV,CSV"},
-     "baseline tables (default: every CSV in the baselines directory)"),
-    (("--baselines-dir",), "baselines_dir", {"metavar": "DIR"},
-     "baselines directory, relative to --project (default baselines)"),
-    (("--alpha", "--cxr-alpha"), "alpha", {"metavar": "A"}, "family-wise error rate per model (default 0.05)"),
-    (("--text-policy", "--cxr-text-policy"), "text_policy",
-     {"choices": ("findings+impression", "impression", "longest"), "metavar": "POLICY"},
-     "override every model's report text: findings+impression (spelled with a plus), impression or longest"),
-    (("--on-bad-image", "--cxr-on-bad-image"), "on_bad_image", {"choices": ("error", "skip")},
-     "error (default): an unreadable image stops the run; skip: leave it out, counted in the results"),
-    (("--compare-to", "--cxr-compare-to"), "compare_to", {"metavar": "PATH"},
-     "reference per-query ranks for the paired test: a ranks .npz, a baselines directory or a results "
-     "directory (default: the baselines directory's ranks/, where recorded)"),
-]
-
-
+# The flags come from cxr_robust.options (declared once for every front end); each has a short spelling
+# (--models, --out) and the pytest plugin's --cxr- one.
 def _flag_labels() -> dict[str, str]:
     """GateOptions field -> its command-line flag, so configuration errors name the option as typed."""
-    labels = {field_name: flags[0] for flags, field_name, _, _ in _GATE_FLAGS}
-    labels["weights"] = "--weights"
-    return labels
+    from cxr_robust.options import for_front_end
+
+    return {o.field: o.cli_flags[0] for o in for_front_end("cli")}
 
 
 def _add_project_args(p: argparse.ArgumentParser) -> None:
@@ -118,12 +66,10 @@ def _add_project_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_gate_args(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    from cxr_robust.options import add_to_argparse
+
     group = p.add_argument_group("gate options (as the pytest plugin's; also settable in [tool.cxr_robust])")
-    for flags, field_name, extra, help_ in _GATE_FLAGS:
-        if only is None or field_name in only:
-            group.add_argument(*flags, dest=f"opt_{field_name}", default=None, help=help_, **extra)
-    group.add_argument("--weights", dest="opt_weights", action="append", default=None, metavar="MODEL=PATH",
-                       help="weights file for one model (repeatable)")
+    add_to_argparse(group, "cli", only)
 
 
 def _gate_options(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> "GateOptions":
@@ -199,20 +145,23 @@ def _failing(run: Any, options: "GateOptions") -> list[Any]:
 
     config = options.effective()
     cells = [d for d in run.decisions.values() if verdicts.cell_state(d.as_dict(), config) in verdicts.FAILING_STATES]
-    # The grid fails on its own test; without a baseline it is not counted as missing again (its cells are).
-    grid = [run.grid] if run.grid is not None and verdicts.cell_state(run.grid.as_dict(), config) == verdicts.FAIL         else []
+    grid = [run.grid] if run.grid is not None and verdicts.grid_fails(run.grid.as_dict(), config) else []
     return cells + grid
 
 
-def _describe_cell(d: Any) -> str:
-    """One line with the numbers and every rule the cell (or grid test) broke."""
+def _describe_cell(d: Any, options: "GateOptions") -> str:
+    """One line with the numbers and every check the cell (or grid test) failed, as :mod:`verdicts` states them."""
+    from cxr_robust import verdicts
+
+    cell, config = d.as_dict(), options.effective()
     base = "no baseline" if d.baseline is None else f"baseline {100 * d.baseline:.2f}%"
     why = []
-    if d.passed is False:
+    state = verdicts.baseline_state(cell, config)
+    if state == verdicts.FAIL:
         why.append(f"regressed, adjusted p = {d.p_adjusted:.2g}")
-    elif d.baseline is None:
+    elif state == verdicts.MISSING:
         why.append("no baseline: record one with --update-baselines, or pass --allow-missing-baseline")
-    if not d.chance_passed:
+    if verdicts.chance_state(cell) == verdicts.FAIL:
         why.append("clearly BELOW chance: scoring or the report index is broken")
     where = "grid (all cells pooled)" if not hasattr(d, "condition") else f"{d.condition.token} k{d.k}"
     return (f"{where}: measured {100 * d.measured:.2f}%, {base}, chance {100 * d.chance:.2f}%: {'; '.join(why)}")
@@ -294,13 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the gate's sweeps outside pytest and write the results directory."""
     from cxr_robust.gate import GateSession, GateUsageError
 
-    extra: dict[str, Any] = {"require_all": True} if args.require_all else {}
-    if args.update_baselines:
-        extra["update_baselines"] = True
-    if args.allow_missing_baseline:
-        extra["allow_missing_baseline"] = True
-    if args.refresh_cache:
-        extra["refresh_cache"] = True
+    extra: dict[str, Any] = {}
     dataset = _dataset_from_flags(args)
     if dataset is not None and args.opt_dataset is None:
         extra["dataset"] = dataset
@@ -315,6 +258,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_inputs(options)
     _check_outputs(options, args.project)
     session = GateSession(options, rootdir=args.project)
+    # Progress goes to stderr, so stdout stays the run's summary (and scripts can parse it).
+    session.progress = lambda line: print(f"cxr-robust: {line}", file=sys.stderr, flush=True)
     runnable = []
     for model in options.models:
         reason = session.unavailable_reason(model)
@@ -353,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              f"({run.mode}: {run.baseline_source or 'no baseline'}){' ' + state if state else ''}; sweep "
              f"{meta['timings']['total_s']:.1f}s on {meta['device']}")
         for d in failing:
-            _say(f"  FAIL {_describe_cell(d)}")
+            _say(f"  FAIL {_describe_cell(d, options)}")
         if failing:
             codes.append(EXIT_FAILED)
     if session._runs or session.skipped:  # a run that only skipped still leaves a report saying why
@@ -852,14 +797,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the gate's sweeps and write JSON/CSV/HTML results", epilog=_EPILOG_RUN,
                        formatter_class=fmt, description="Run the gate outside pytest, with the plugin's options.")
     _add_gate_args(p)
-    p.add_argument("--require-all", action="store_true",
-                   help=f"a model that cannot run here is an error (exit {EXIT_UNAVAILABLE})")
-    p.add_argument("--update-baselines", action="store_true",
-                   help="record the measured tables (and ranks) in the baselines directory")
-    p.add_argument("--allow-missing-baseline", action="store_true",
-                   help="cells without a baseline are NOT COMPARED (reported, exit 0) instead of failing (exit 1)")
-    p.add_argument("--refresh-cache", action="store_true",
-                   help="recompute every embedding this run needs and overwrite its cache entry")
     _add_project_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -882,7 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="registered models and whether their weights are found here",
                        epilog=_EPILOG_MODELS, formatter_class=fmt,
                        description="List registered models: baseline row, default text policy, weights.")
-    _add_gate_args(p, only={"weights_dir", "bert_vocab"})
+    _add_gate_args(p, only={"weights", "weights_dir", "bert_vocab"})
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_project_args(p)
     p.set_defaults(func=cmd_models)

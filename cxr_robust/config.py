@@ -3,7 +3,7 @@
 Every layer is a plain ``dict`` keyed by :class:`~cxr_robust.gate.GateOptions` field names holding *typed*
 values (tuples, ints, ratios as fractions); :func:`parse_layer` turns what a person writes (``"0,1,25"``
 percent, ``"clip=/w/ViT-B-32.pt"``, TOML lists and tables) into such a layer, and :func:`merge_options`
-stacks layers, later ones winning. ``weights`` tables merge per model, so a command-line ``--weights clip=…``
+stacks layers, later ones winning. ``weights`` tables merge per model, so a command-line ``--cxr-weights clip=…``
 does not throw away the other models' paths from ``pyproject.toml``.
 
 Example ``pyproject.toml``::
@@ -27,9 +27,10 @@ import difflib
 import logging
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
+
+from cxr_robust.options import OPTIONS, by_field
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,27 +50,8 @@ PRECEDENCE = ("command line", "pytest ini keys (cxr_robust_*)", "pyproject.toml 
               "environment variables (CXR_ROBUST_*)", "defaults")
 """Highest first; documented in docs/usage.md."""
 
-ENV_VARS: dict[str, str] = {
-    "models": "CXR_ROBUST_MODELS",
-    "dataset": "CXR_ROBUST_DATASET",
-    "mimic_root": "CXR_ROBUST_MIMIC_ROOT",
-    "mimic_reports": "CXR_ROBUST_MIMIC_REPORTS",
-    "manifest": "CXR_ROBUST_MANIFEST",
-    "weights_dir": "CXR_ROBUST_WEIGHTS_DIR",
-    "bert_vocab": "CXR_ROBUST_BERT_VOCAB",
-    "device": "CXR_ROBUST_DEVICE",
-    "cache_dir": "CXR_ROBUST_CACHE_DIR",
-}
-"""GateOptions field -> environment variable (the same names the pytest plugin documents)."""
-
-_STR = {"dataset", "mimic_split", "views", "device", "precision", "text_policy", "on_bad_image", "severities",
-        "reference_model"}
-_PATH = {"mimic_root", "mimic_reports", "manifest", "weights_dir", "bert_vocab", "cache_dir", "report_dir",
-         "baselines_dir", "compare_to"}
-_INT = {"phantom_studies", "seed", "batch_size", "data_seed"}
-_INT_MIN = {"phantom_studies": 1, "seed": 0, "batch_size": 1, "data_seed": 0}
-"""Smallest accepted value of each integer option (checked here, so the message names the option and layer)."""
-_BOOL = {"require_all", "update_baselines", "summaries", "allow_missing_baseline", "refresh_cache"}
+ENV_VARS: dict[str, str] = {o.field: o.env_var for o in OPTIONS if o.env_var}
+"""GateOptions field -> environment variable (declared in :mod:`cxr_robust.options`)."""
 
 
 class ConfigError(ValueError):
@@ -77,9 +59,7 @@ class ConfigError(ValueError):
 
 
 def _field_names() -> list[str]:
-    from cxr_robust.gate import GateOptions
-
-    return [f.name for f in fields(GateOptions)]
+    return [o.field for o in OPTIONS]
 
 
 # ----- parsing one layer -------------------------------------------------------------------------------------
@@ -141,8 +121,8 @@ def _weights(value: Any, where: str, base_dir: Path | None, label: str = "weight
 
 
 def _check_min(value: int, key: str, label: str, where: str) -> int:
-    """``value`` if it is at least ``key``'s minimum (:data:`_INT_MIN`), else a ConfigError naming ``label``."""
-    low = _INT_MIN.get(key)
+    """``value`` if it is at least ``key``'s declared minimum, else a ConfigError naming ``label``."""
+    low = by_field(key).minimum
     if low is not None and value < low:
         what = "a non-negative integer" if low == 0 else f"an integer >= {low}"
         raise ConfigError(f"{where}: {label} must be {what}, got {value}")
@@ -202,45 +182,55 @@ def parse_layer(raw: Mapping[str, Any], where: str, base_dir: Path | None = None
     return out
 
 
+def _choice(value: Any, key: str, label: str, where: str) -> str:
+    """One of the option's declared choices (surrounding spaces ignored), else a ConfigError listing them."""
+    choices = by_field(key).choices
+    if not isinstance(value, str) or value.strip() not in choices:
+        raise ConfigError(f"{where}: {label} must be one of {', '.join(choices)}; got {value!r}")
+    return value.strip()
+
+
 def _parse_value(key: str, value: Any, where: str, base_dir: Path | None, label: str) -> Any:
-    """The typed value of one key; ``label`` is the key as the user wrote it, for messages."""
-    if key == "models":
+    """The typed value of one key, read as its declared kind (:mod:`cxr_robust.options`); ``label`` is the
+    key as the user wrote it, for messages."""
+    kind = by_field(key).kind
+    if kind == "names":
         return tuple(str(m) for m in _items(value, label, where))
-    if key == "ratios":
+    if kind == "percent":
         pct = [_number(v, float, label, where) for v in _items(value, label, where)]
         bad = [p for p in pct if not 0 <= p < 100]
         if bad:
             raise ConfigError(f"{where}: {label} are occluded area in percent, in [0, 100); got {bad}")
         return tuple(p / 100.0 for p in pct)
-    if key == "perturbations":
+    if kind == "perturbations":
         return _perturbations(value, label, where)
-    if key == "severities" and isinstance(value, Mapping):  # a TOML table: {gaussian_noise = [1, 3]}
+    if kind == "severities" and isinstance(value, Mapping):  # a TOML table: {gaussian_noise = [1, 3]}
         return ";".join(f"{name}={','.join(str(v) for v in _items(levels, label, where))}"
                         for name, levels in value.items())
-    if key == "ks":
+    if kind == "ks":
         ks = [_number(v, int, label, where) for v in _items(value, label, where)]
         if any(k < 1 for k in ks):
             raise ConfigError(f"{where}: {label} must be positive integers, got {ks}")
         return tuple(ks)
-    if key == "alpha":
+    if kind == "alpha":
         return _alpha(value, label, where)
-    if key == "text_policy":
+    if kind == "text_policy":
         return _text_policy(value, label, where)
-    if key in _INT:
+    if kind == "choice":
+        return _choice(value, key, label, where)
+    if kind == "int":
         return _check_min(_number(value, int, label, where), key, label, where)
-    if key in _BOOL:
+    if kind == "bool":
         return _bool(value, label, where)
-    if key == "weights":
+    if kind == "weights":
         return _weights(value, where, base_dir, label)
-    if key == "baselines":
+    if kind == "paths":
         return tuple(_path(v, label, where, base_dir) for v in _items(value, label, where))
-    if key in _PATH:
+    if kind == "path":
         return _path(value, label, where, base_dir)
-    if key in _STR:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {label} must be a string, got {value!r}")
-        return value.strip()
-    return value  # a GateOptions field this module has not been taught about: pass it through unchanged
+    if not isinstance(value, str):  # "str" and "severities" written as text
+        raise ConfigError(f"{where}: {label} must be a string, got {value!r}")
+    return value.strip()
 
 
 # ----- the layers ---------------------------------------------------------------------------------------------
@@ -281,7 +271,7 @@ def load_pyproject_config(start: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: [tool.cxr_robust] must be a table")
     if "update_baselines" in table:  # a standing setting would silently turn every gate run into a recording
         raise ConfigError(f"{path} [tool.cxr_robust]: update_baselines is an action, not a setting; pass "
-                          "--update-baselines on the command line")
+                          "--cxr-update-baselines on the command line")
     return parse_layer(table, f"{path} [tool.cxr_robust]", base_dir=path.parent)
 
 

@@ -20,7 +20,7 @@ MEANINGS: dict[int, str] = {
                  "--fail-on-regression`) is significantly worse in B",
     EXIT_USAGE: "usage error: a bad option value, a missing or unusable input or output path, data that cannot "
                 "be loaded, runs that cannot be compared (checked before any model work where possible)",
-    EXIT_UNAVAILABLE: "a model could not run here (weights or data absent): with `--require-all` any such model, "
+    EXIT_UNAVAILABLE: "a model could not run here (weights or data absent): with `--cxr-require-all` any such model, "
                       "otherwise when no model could run at all",
     EXIT_ERROR: "a sweep errored at run time (model or data error)",
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS, verdicts
 from cxr_robust.baselines import BaselineCell, BaselineError, BaselineTable, write_table
@@ -83,6 +83,14 @@ class GateOptions:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         check_on_bad("on_bad_image", self.on_bad_image)  # here too, so a typo fails before any loading
         check_precision(self.precision)
+        if self.text_policy is not None:  # every front end, and GateOptions built in code, get the same check
+            from cxr_robust.data.text_policy import TextPolicy
+
+            try:
+                self.text_policy = TextPolicy.parse(self.text_policy).value
+            except ValueError:
+                raise ValueError(f"text_policy must be one of {', '.join(p.value for p in TextPolicy)}; got "
+                                 f"{self.text_policy!r}") from None
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.seed < 0:
@@ -125,7 +133,7 @@ class GateUsageError(ValueError):
 
 
 class BaselineUpdateRefused(RuntimeError):
-    """``--update-baselines`` would record from a run that did not finish cleanly; nothing was written."""
+    """``--cxr-update-baselines`` would record from a run that did not finish cleanly; nothing was written."""
 
 
 @dataclass
@@ -141,6 +149,21 @@ class ModelRun:
     baseline_source: str | None = None
     error: BaseException | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+BASELINE_ROW_RULES = {"registry": "declared by the model's registry entry",
+                      "name": "the model's own name (its registry entry declares no baseline_row)"}
+"""Why a model has its baseline row; shown in the report beside the row."""
+
+
+def baseline_row_rule(model: str) -> tuple[str, str]:
+    """The baseline row of ``model`` and why: the ``baseline_row`` its registry entry declares, else its name.
+
+    Never an adapter's default: a model built on the demo adapter would otherwise be compared with, and
+    recorded over, ``phantom-clip``'s baseline without anyone having asked for that.
+    """
+    declared = get_spec(model).baseline_row
+    return (declared, BASELINE_ROW_RULES["registry"]) if declared else (model, BASELINE_ROW_RULES["name"])
 
 
 def cell_id(model: str, condition: Condition | float, k: int) -> str:
@@ -162,6 +185,8 @@ class GateSession:
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []
         """Things a baseline update did that the user must hear about (printed with its summary)."""
+        self.progress: "Callable[[str], None] | None" = None
+        """Where to say how a sweep is getting on (a line per model and condition); None: silent."""
 
     # ----- what can run ---------------------------------------------------------------------------------
     def dataset_name(self) -> str:
@@ -182,14 +207,14 @@ class GateSession:
             self._tables = [BaselineTable.load(p) for p in paths]
         return self._tables
 
-    def baseline_row(self, model: str, result: "SweepResult | None" = None) -> str:
-        """The baseline row of ``model``: its registry spec's, else the built model's, else its name."""
-        return get_spec(model).baseline_row or (result.baseline_row if result else None) or model
+    def baseline_row(self, model: str) -> str:
+        """The baseline row ``model`` is compared with and recorded under (see :func:`baseline_row_rule`)."""
+        return baseline_row_rule(model)[0]
 
     def baseline_for(self, model: str, row: str | None = None) -> tuple[BaselineTable | None, str]:
         """The table holding ``model``'s row on the configured dataset, and the row name.
 
-        A table recorded here (``--update-baselines``) wins over a published one (the paper's Table 1), so
+        A table recorded here (``--cxr-update-baselines``) wins over a published one (the paper's Table 1), so
         once a team has measured its own reference on its own data, the gate compares against that.
         """
         row = row or self.baseline_row(model)
@@ -207,11 +232,11 @@ class GateSession:
         if missing:
             reasons.append(missing)
         if o.dataset == "mimic" and not o.mimic_root:
-            reasons.append("the mimic dataset needs --mimic-root PATH (or $CXR_ROBUST_MIMIC_ROOT)")
+            reasons.append("the mimic dataset needs --cxr-mimic-root PATH (or $CXR_ROBUST_MIMIC_ROOT)")
         if o.dataset == "manifest" and not o.manifest:
             reasons.append("the manifest dataset needs --cxr-manifest PATH")
         if reasons and model in PAPER_MODELS and o.dataset == "phantom":
-            reasons.append("its Table 1 baseline is on MIMIC-CXR: add --cxr-dataset mimic --mimic-root PATH")
+            reasons.append("its Table 1 baseline is on MIMIC-CXR: add --cxr-dataset mimic --cxr-mimic-root PATH")
         return "; ".join(reasons) or None
 
     # ----- the data and the sweeps -------------------------------------------------------------------------
@@ -278,8 +303,9 @@ class GateSession:
             cache = EmbeddingCache(o.cache_dir, refresh=o.refresh_cache)
             # The factory's module is part of the model's code identity (a custom factory may change weights
             # or preprocessing of a built-in class).
-            run.result = run_sweep(net, data, config, cache, code_modules=(spec.factory.partition(":")[0],))
-            self._compare(run, self.baseline_row(model, run.result))
+            run.result = run_sweep(net, data, config, cache, code_modules=(spec.factory.partition(":")[0],),
+                                   on_condition=self._progress_of(model, data, config.conditions))
+            self._compare(run, self.baseline_row(model))
             if o.summaries:
                 from cxr_robust.summaries import perturbation_summaries
 
@@ -287,6 +313,28 @@ class GateSession:
         except Exception as exc:  # remembered and reported by every cell of the model
             run.error = exc
         return run
+
+    def _progress_of(self, model: str, data: "RetrievalSet",
+                     conditions: "Sequence[Condition]") -> "Callable[[Condition, Any], None] | None":
+        """The sweep's per-condition callback that reports to :attr:`progress` (None when nobody listens)."""
+        say = self.progress
+        if say is None:
+            return None
+        import time
+
+        say(f"{model}: sweeping {len(conditions)} conditions on {data.name} ({data.num_images} images, "
+            f"{data.num_studies} reports)")
+        start, done = time.perf_counter(), [0]
+        k = min(self.options.ks)
+
+        def report(condition: Condition, counts: Any) -> None:
+            from cxr_robust.metrics import recall_at_k
+
+            done[0] += 1
+            say(f"{model}: [{done[0]}/{len(conditions)}] {condition.label}: Recall@{k} "
+                f"{100 * recall_at_k(counts, [k])[k]:.1f}% ({time.perf_counter() - start:.0f}s)")
+
+        return report
 
     # ----- comparing ---------------------------------------------------------------------------------------
     def reference_ranks(self, row: str, dataset: str, seed: int) -> Path | None:
@@ -366,7 +414,8 @@ class GateSession:
                     continue
                 assert run.result is not None
                 cells = [d.as_dict() for d in run.decisions.values()]
-                out.append(ModelOutcome(model, "measured", baseline_row=run.result.baseline_row,
+                row, rule = baseline_row_rule(model)
+                out.append(ModelOutcome(model, "measured", baseline_row=row, baseline_row_rule=rule,
                                         baseline_source=run.baseline_source, text_policy=run.result.text_policy,
                                         meta=run.result.meta, cells=cells, summary=run.summary,
                                         grid=run.grid.as_dict() if run.grid else None, mode=run.mode))
@@ -381,7 +430,7 @@ class GateSession:
         if data is not None:
             exclusions = {f"{kind}: {reason}": n for kind in ("studies", "images")
                           for reason, n in (data.meta.get(f"excluded_{kind}") or {}).items() if n}
-            for model, run in self._runs.items():  # images left out at decode time (--on-bad-image skip)
+            for model, run in self._runs.items():  # images left out at decode time (--cxr-on-bad-image skip)
                 for reason, n in ((run.result.meta.get("skipped_images") or {}) if run.result else {}).items():
                     if n:
                         exclusions[f"images skipped by {model}: {reason}"] = n
@@ -416,7 +465,7 @@ class GateSession:
         """
         errored = [m for m, r in self._runs.items() if r.error is not None]
         if errored:
-            raise BaselineUpdateRefused(f"--update-baselines: nothing recorded, because the sweep of "
+            raise BaselineUpdateRefused(f"--cxr-update-baselines: nothing recorded, because the sweep of "
                                         f"{', '.join(errored)} errored; fix the error and record again")
         written, lines = [], []
         base_dir = self.rootdir / self.options.baselines_dir
@@ -424,7 +473,7 @@ class GateSession:
             if run.result is None:
                 continue
             res = run.result
-            row = self.baseline_row(model, res)
+            row = self.baseline_row(model)
             new = [BaselineCell(model=row, dataset=res.dataset, k=k, condition=c, recall=v,
                                 n_queries=res.n_queries, n_candidates=res.n_candidates, seed=str(res.seed),
                                 source=f"{RECORDED_SOURCE} ({res.meta.get('device')})")
@@ -436,7 +485,7 @@ class GateSession:
             try:
                 old = BaselineTable.load(path).cells if path.is_file() else []
             except BaselineError as exc:  # merging into a table we cannot read would lose it
-                raise BaselineUpdateRefused(f"--update-baselines: nothing recorded: {exc}; fix or move that "
+                raise BaselineUpdateRefused(f"--cxr-update-baselines: nothing recorded: {exc}; fix or move that "
                                             "file and record again") from None
             cells, counts = merge_cells(old, new)
             written.append(write_table(cells, path))
@@ -464,7 +513,7 @@ class GateSession:
             meta = {"model": model, "dataset": res.dataset, "seed": res.seed, "text_policy": res.text_policy,
                     "model_fingerprint": res.meta.get("model_fingerprint"),
                     "dataset_counts": res.meta.get("dataset_counts")}
-            path = Path(directory) / "ranks" / ranks_filename(self.baseline_row(model, res), res.dataset, res.seed)
+            path = Path(directory) / "ranks" / ranks_filename(self.baseline_row(model), res.dataset, res.seed)
             counts = dict(res.counts)
             if merge and path.is_file():
                 try:

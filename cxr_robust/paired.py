@@ -82,7 +82,7 @@ def align_ids(ref_ids: Sequence[str], cand_ids: Sequence[str]) -> np.ndarray | N
         raise ValueError(
             f"the runs did not measure the same images: reference has {len(ref)}, candidate {len(cand)}; "
             f"{len(only_ref)} only in the reference (first: {only_ref[:3]}), {len(only_cand)} only in the "
-            f"candidate (first: {only_cand[:3]}); rerun both on the same data set (same --phantom-studies, "
+            f"candidate (first: {only_cand[:3]}); rerun both on the same data set (same --cxr-phantom-studies, "
             "split and view filter) or record a new reference")
     position = {x: i for i, x in enumerate(cand)}
     return np.array([position[x] for x in ref], dtype=np.int64)
@@ -238,7 +238,7 @@ def paired_bootstrap_ci(ref_hits: np.ndarray, cand_hits: np.ndarray, n_boot: int
 
 
 def ranks_filename(row: str, dataset: str, seed: int) -> str:
-    """File name under which ``--update-baselines`` records a model's per-query ranks."""
+    """File name under which ``--cxr-update-baselines`` records a model's per-query ranks."""
     slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row)
     return f"{slug}__{dataset}__seed{seed}.npz"
 
@@ -266,4 +266,4 @@ def find_reference_ranks(path: str | Path, row: str, dataset: str, seed: int) ->
             raise FileNotFoundError(f"{folder} holds ranks of {row!r} on {dataset!r} for several seeds "
                                     f"({', '.join(p.name for p in others)}) but not seed {seed}; pass one file")
     raise FileNotFoundError(f"no reference ranks {exact} in {path} or {path / 'ranks'}; record them with "
-                            "--update-baselines on the reference model")
+                            "--cxr-update-baselines on the reference model")

@@ -13,9 +13,10 @@ Heavy imports (torch, open_clip) happen only when a cell is first evaluated.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
@@ -25,75 +26,31 @@ if TYPE_CHECKING:
 
 _SESSION_KEY: "pytest.StashKey[GateSession]" = pytest.StashKey()
 
-# option name -> (ini name, environment variable, help); precedence: command line > ini > pyproject > env.
-_OPTIONS: dict[str, tuple[str, str | None, str]] = {
-    "cxr_models": ("cxr_robust_models", "CXR_ROBUST_MODELS",
-                   "comma-separated models to gate (default: phantom-clip and the four Table 1 models)"),
-    "cxr_dataset": ("cxr_robust_dataset", "CXR_ROBUST_DATASET", "phantom (default), mimic or manifest"),
-    "phantom_studies": ("cxr_robust_phantom_studies", None,
-                        "studies in the phantom eval set (default 994, the paper's count; smaller for smoke runs)"),
-    "mimic_root": ("cxr_robust_mimic_root", "CXR_ROBUST_MIMIC_ROOT", "MIMIC-CXR-JPG root directory"),
-    "mimic_reports": ("cxr_robust_mimic_reports", "CXR_ROBUST_MIMIC_REPORTS",
-                      "mimic-cxr-reports.zip, a files/ tree of reports, or mimic_cxr_sectioned.csv"),
-    "mimic_split": ("cxr_robust_mimic_split", None, "MIMIC-CXR split (default validate)"),
-    "cxr_views": ("cxr_robust_views", None, "view filter: all (default), frontal, PA, AP, lateral"),
-    "cxr_manifest": ("cxr_robust_manifest", "CXR_ROBUST_MANIFEST", "CSV/Parquet manifest for --cxr-dataset manifest"),
-    "weights_dir": ("cxr_robust_weights_dir", "CXR_ROBUST_WEIGHTS_DIR", "directory holding published weights files"),
-    "bert_vocab": ("cxr_robust_bert_vocab", "CXR_ROBUST_BERT_VOCAB", "directory with Bio_ClinicalBERT's vocab.txt"),
-    "cxr_device": ("cxr_robust_device", "CXR_ROBUST_DEVICE", "cpu, cuda, cuda:1 ... (default: cuda when present)"),
-    "cxr_precision": ("cxr_robust_precision", None,
-                      "fp32 (default), fp16 or bf16 autocast around the encoders; check rank agreement first "
-                      "(benchmarks/precision_agreement.py)"),
-    "cxr_ratios": ("cxr_robust_ratios", None, "comma-separated occlusion ratios in percent (default: the paper's)"),
-    "cxr_perturbations": ("cxr_robust_perturbations", None,
-                          "comma-separated perturbations to measure, or 'all' (default: occlusion, the paper's "
-                          "grid); `cxr-robust perturbations` lists them"),
-    "cxr_severities": ("cxr_robust_severities", None,
-                       "severities per perturbation, e.g. 'gaussian_noise=1,3,5;occlusion=0,25' (occlusion in "
-                       "percent; default: 1-5, occlusion: --cxr-ratios)"),
-    "cxr_reference_model": ("cxr_robust_reference_model", None,
-                            "a measured model to express every model's corruption error relative to (mCE)"),
-    "cxr_ks": ("cxr_robust_ks", None, "comma-separated k (default: 5,10,20,30,50,100)"),
-    "cxr_seed": ("cxr_robust_seed", None, "perturbation seed: boxes, noise and other random draws (default 0)"),
-    "cxr_batch_size": ("cxr_robust_batch_size", None, "images/texts per forward pass (default 64; raise it on a GPU)"),
-    "cxr_cache_dir": ("cxr_robust_cache_dir", "CXR_ROBUST_CACHE_DIR", "embedding cache (default ~/.cache/cxr_robust)"),
-    "cxr_report": ("cxr_robust_report", None, "directory for report.html, results.json, results.csv "
-                                              "(default ./cxr-robust-report)"),
-    "cxr_baselines": ("cxr_robust_baselines", None, "comma-separated baseline CSVs (default: baselines/*.csv)"),
-    "cxr_alpha": ("cxr_robust_alpha", None, "family-wise error rate of the gate per model (default 0.05)"),
-    "on_bad_image": ("cxr_robust_on_bad_image", None,
-                     "error (default): an unreadable image stops the run; skip: leave it out, counted in the report"),
-    "cxr_compare_to": ("cxr_robust_compare_to", None,
-                       "paired mode: per-query ranks of the previous model (a ranks .npz, baselines/, or a results "
-                       "directory); cells are then tested with a paired exact test instead of against the table"),
-    "cxr_text_policy": ("cxr_robust_text_policy", None,
-                        "override every model's report text: findings+impression, impression or longest"),
-}
+HELP_GROUP = "cxr-robust"
+"""The heading of the gate's options in ``pytest --help`` (the options themselves: :mod:`cxr_robust.options`)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """The gate's options (``pytest --help``, group cxr-robust)."""
-    group = parser.getgroup("cxr-robust", "chest X-ray retrieval robustness gate")
-    for dest, (ini, env, help_) in _OPTIONS.items():
-        flag = "--" + dest.replace("_", "-")
-        group.addoption(flag, dest=dest, default=None, help=help_ + (f" [env {env}]" if env else ""))
-        parser.addini(ini, help=help_, default=None)
-    group.addoption("--weights", dest="cxr_weights", action="append", default=[], metavar="MODEL=PATH",
-                    help="weights file for one model (repeatable), e.g. --weights clip=~/w/ViT-B-32.pt")
-    group.addoption("--require-all", action="store_true", default=False,
-                    help="fail (instead of skip) cells whose model weights or data are absent (nightly jobs)")
-    group.addoption("--update-baselines", action="store_true", default=False,
-                    help="record the measured cells and per-query ranks in baselines/ (merged into the existing "
-                         "tables) instead of asserting")
-    group.addoption("--cxr-allow-missing-baseline", action="store_true", default=False,
-                    help="cells without a baseline are reported as NOT COMPARED (skipped) instead of failing")
-    group.addoption("--cxr-refresh-cache", action="store_true", default=False,
-                    help="recompute every embedding this run needs and overwrite its cache entry")
+    """The gate's options (``pytest --help``, group cxr-robust) and ini keys, from :mod:`cxr_robust.options`."""
+    import argparse
+
+    from cxr_robust.options import for_front_end
+
+    group = parser.getgroup(HELP_GROUP, f"{HELP_GROUP}: chest X-ray retrieval robustness gate")
+    for option in for_front_end("pytest"):
+        kwargs = option.argparse_kwargs()
+        group.addoption(option.flag, dest=option.dest, help=option.help_text(), **kwargs)
+        for old in option.deprecated_flags:  # hidden from --help; build_options warns when one is used
+            group.addoption(old, dest="deprecated_" + option.dest, help=argparse.SUPPRESS, **kwargs)
+    for option in for_front_end("ini"):
+        parser.addini(option.ini, help=option.help_text(with_env=False), default=None)
 
 
 def _value_options() -> list[str]:
-    """The gate's command-line flags that take a value (``--cxr-cache-dir PATH`` ...)."""
-    return ["--" + dest.replace("_", "-") for dest in _OPTIONS] + ["--weights"]
+    """The gate's command-line flags that take a value (``--cxr-cache-dir PATH`` ...), old spellings too."""
+    from cxr_robust.options import for_front_end
+
+    return [flag for o in for_front_end("pytest") if not o.is_flag for flag in (o.flag, *o.deprecated_flags)]
 
 
 def check_rootdir(config: pytest.Config) -> None:
@@ -132,8 +89,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Declare the marks the gate uses, so ``--strict-markers`` accepts them without pytest-xdist."""
     config.addinivalue_line("markers", "robustness: a cell of the cxr-robust occlusion gate")
     check_rootdir(config)
-    if config.getoption("update_baselines", False) and getattr(config.option, "numprocesses", None):
-        raise pytest.UsageError("--update-baselines writes baseline files from one process: run it without -n")
+    if _session(config).options.update_baselines and getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--cxr-update-baselines writes baseline files from one process: run it without -n")
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): keep a model's cells on one pytest-xdist worker")
     elif getattr(config.option, "dist", None) == "load":
@@ -166,38 +123,38 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"cxr-robust: {exc}") from None
 
 
-_FIELDS = {"cxr_models": "models", "cxr_dataset": "dataset", "phantom_studies": "phantom_studies",
-           "mimic_root": "mimic_root", "mimic_reports": "mimic_reports", "mimic_split": "mimic_split",
-           "cxr_views": "views", "cxr_manifest": "manifest", "weights_dir": "weights_dir", "bert_vocab": "bert_vocab",
-           "cxr_device": "device", "cxr_precision": "precision", "cxr_ratios": "ratios", "cxr_ks": "ks",
-           "cxr_perturbations": "perturbations", "cxr_severities": "severities",
-           "cxr_reference_model": "reference_model",
-           "cxr_seed": "seed",
-           "cxr_batch_size": "batch_size", "cxr_cache_dir": "cache_dir", "cxr_report": "report_dir",
-           "cxr_baselines": "baselines", "cxr_alpha": "alpha", "on_bad_image": "on_bad_image",
-           "cxr_text_policy": "text_policy", "cxr_compare_to": "compare_to"}
-"""Command-line dest -> GateOptions field."""
+def _command_line(config: pytest.Config) -> dict[str, Any]:
+    """The gate's values given on the command line, by GateOptions field; an old spelling warns (or is a usage
+    error when the new one is given too)."""
+    from cxr_robust.options import DeprecatedOptionWarning, for_front_end
+
+    cli: dict[str, Any] = {}
+    for option in for_front_end("pytest"):
+        value = config.getoption(option.dest)
+        old_value = config.getoption("deprecated_" + option.dest, None) if option.deprecated_flags else None
+        if old_value is not None:
+            old = option.deprecated_flags[0]
+            if value is not None:
+                raise pytest.UsageError(f"cxr-robust: {old} and {option.flag} both given; keep {option.flag}")
+            config.issue_config_time_warning(DeprecatedOptionWarning(
+                f"cxr-robust: {old} is deprecated (it can clash with other plugins' options); write "
+                f"{option.flag} instead"), stacklevel=2)
+            value = old_value
+        cli[option.field] = value
+    return cli
 
 
 def build_options(config: pytest.Config) -> "Any":
     """GateOptions from, in order of precedence: command line, ini file, ``[tool.cxr_robust]`` in
     pyproject.toml, ``CXR_ROBUST_*`` environment variables, defaults (see ``cxr_robust.config``)."""
     from cxr_robust.config import ConfigError, build_gate_options
+    from cxr_robust.options import for_front_end
 
-    cli: dict[str, Any] = {field: config.getoption(dest) for dest, field in _FIELDS.items()}
-    ini: dict[str, Any] = {field: config.getini(_OPTIONS[dest][0]) or None for dest, field in _FIELDS.items()}
-    weights = {}
-    for item in config.getoption("cxr_weights"):
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise pytest.UsageError(f"--weights expects MODEL=PATH, got {item!r}")
-        weights[name] = path
-    cli.update(weights=weights or None, require_all=config.getoption("require_all") or None,
-               update_baselines=config.getoption("update_baselines") or None,
-               allow_missing_baseline=config.getoption("cxr_allow_missing_baseline") or None,
-               refresh_cache=config.getoption("cxr_refresh_cache") or None)
+    cli = _command_line(config)
+    ini: dict[str, Any] = {o.field: config.getini(o.ini) or None for o in for_front_end("ini")}
+    labels = {o.field: o.flag for o in for_front_end("pytest")}
     try:
-        return build_gate_options(cli=cli, ini=ini, start=config.rootpath)
+        return build_gate_options(cli=cli, ini=ini, start=config.rootpath, cli_labels=labels)
     except (ConfigError, ValueError) as exc:
         raise pytest.UsageError(f"cxr-robust: {exc}") from None
 
@@ -206,8 +163,27 @@ def _session(config: pytest.Config) -> "GateSession":
     if _SESSION_KEY not in config.stash:
         from cxr_robust.gate import GateSession
 
-        config.stash[_SESSION_KEY] = GateSession(build_options(config), config.rootpath)
+        session = GateSession(build_options(config), config.rootpath)
+        session.progress = _terminal_progress(config)
+        config.stash[_SESSION_KEY] = session
     return config.stash[_SESSION_KEY]
+
+
+def _terminal_progress(config: pytest.Config) -> "Callable[[str], None] | None":
+    """Progress lines on pytest's terminal while a sweep runs (which happens inside a test, with output
+    captured); none with ``-q`` and on pytest-xdist workers (they have no terminal)."""
+    if config.getoption("verbose", 0) < 0 or hasattr(config, "workerinput"):
+        return None
+
+    def say(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"cxr-robust: {line}")
+
+    return say
 
 
 @dataclass(frozen=True)
@@ -283,40 +259,45 @@ class GateCell:
         from cxr_robust import verdicts
 
         d, o = self.decision, self.session.options
-        state = verdicts.cell_state({**d.as_dict(), "chance_passed": True}, o.effective())
+        state = verdicts.baseline_state(d.as_dict(), o.effective())
         if state == verdicts.RECORDED:
             assert 0.0 <= d.measured <= 1.0, f"{self.param}: Recall {d.measured} outside [0, 1]"
             return
         if state in (verdicts.MISSING, verdicts.NOT_COMPARED):
-            row = self.session.baseline_row(self.param.model, self.run.result)
+            row = self.session.baseline_row(self.param.model)
             reason = (f"no baseline row {row!r} for dataset {self.session.dataset_name()!r} in "
                       f"{o.baselines_dir}/*.csv or {o.baselines_dir}/ranks/; record one with "
-                      f"`pytest -m robustness --cxr-models {self.param.model} --update-baselines` (same dataset "
+                      f"`pytest -m robustness --cxr-models {self.param.model} --cxr-update-baselines` (same dataset "
                       "options)")
             if state == verdicts.NOT_COMPARED:
                 pytest.skip(f"NOT COMPARED (--cxr-allow-missing-baseline): {reason}")
             pytest.fail(f"{self._where()} was not compared: {reason}; or pass --cxr-allow-missing-baseline to "
                         "report such cells as NOT COMPARED", pytrace=False)
+        if state != verdicts.FAIL:
+            return
         verdict = f"adjusted p = {d.p_adjusted:.2g} < alpha {o.alpha} ({d.rule})"
         paired = d.extras.get("paired")
         if paired:
-            assert d.passed, (f"{self._where()} regressed against the recorded run {self.run.baseline_source}: "
-                              f"{self._numbers()}; {paired['b']:g} queries lost the hit, {paired['c']:g} gained it; "
-                              f"{verdict}")
+            why = (f"regressed against the recorded run {self.run.baseline_source}: {self._numbers()}; "
+                   f"{paired['b']:g} queries lost the hit, {paired['c']:g} gained it; {verdict}")
         else:
-            assert d.passed, (f"{self._where()} regressed: {self._numbers()}; difference "
-                              f"{100 * (d.measured - d.baseline):+.2f} pp; {verdict}")
+            why = f"regressed: {self._numbers()}; difference {100 * (d.measured - d.baseline):+.2f} pp; {verdict}"
+        # pytest.fail, not assert: an assertion would append pytest's dump of the decision object.
+        pytest.fail(f"{self._where()} {why}", pytrace=False)
 
     def check_chance(self) -> None:
         """Fail when the value is clearly below chance (k/N), which means broken scoring or a broken index."""
+        from cxr_robust import verdicts
+
         d = self.decision
-        assert d.chance_passed, (f"{self._where()} is clearly BELOW chance, which means scoring or the report "
-                                 f"index is broken: {self._numbers()}; adjusted p = {d.chance_p_adjusted:.2g} < alpha "
-                                 f"{self.session.options.alpha}")
+        if verdicts.chance_state(d.as_dict()) == verdicts.FAIL:
+            pytest.fail(f"{self._where()} is clearly BELOW chance, which means scoring or the report index is "
+                        f"broken: {self._numbers()}; adjusted p = {d.chance_p_adjusted:.2g} < alpha "
+                        f"{self.session.options.alpha}", pytrace=False)
 
 
 class UnavailableCell:
-    """Stands in for a cell whose model cannot run under ``--require-all``: every check fails with why."""
+    """Stands in for a cell whose model cannot run under ``--cxr-require-all``: every check fails with why."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -335,13 +316,13 @@ def cxr_gate(request: pytest.FixtureRequest) -> "GateSession":
 
 @pytest.fixture
 def gate_cell(request: pytest.FixtureRequest, cxr_gate: "GateSession") -> GateCell:
-    """One (model, condition, k) cell of the gate; skips (or fails with --require-all) when it cannot run."""
+    """One (model, condition, k) cell of the gate; skips (or fails with --cxr-require-all) when it cannot run."""
     param: CellParam = request.param
     reason = cxr_gate.unavailable_reason(param.model)
     if reason:
         cxr_gate.skipped[param.model] = reason
         if cxr_gate.options.require_all:  # fail in the test itself (a failure, not a setup error)
-            return UnavailableCell(f"--require-all: {param.model}: {reason}")  # type: ignore[return-value]
+            return UnavailableCell(f"--cxr-require-all: {param.model}: {reason}")  # type: ignore[return-value]
         pytest.skip(f"{param.model}: {reason}")
     from cxr_robust.gate import GateUsageError
 
@@ -400,7 +381,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the results and HTML report (and baselines with --update-baselines) once per run.
+    """Write the results and HTML report (and baselines with --cxr-update-baselines) once per run.
 
     Under pytest-xdist each worker writes its models' results to a part file (and their ranks straight into
     the report directory) and the controller merges the parts. Baselines are recorded only from a run that
@@ -443,7 +424,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.stash[_PATHS_KEY] = paths
         if gate.options.update_baselines:
             if exitstatus != pytest.ExitCode.OK:
-                raise BaselineUpdateRefused("--update-baselines: nothing recorded, because the run did not finish "
+                raise BaselineUpdateRefused("--cxr-update-baselines: nothing recorded, because the run did not finish "
                                             f"cleanly (pytest exit status {int(exitstatus)}); fix the failures and "
                                             "record again")
             written, lines = gate.update_baselines()

@@ -38,6 +38,8 @@ class ModelOutcome:
     status: str  # "measured" | "skipped" | "error"
     reason: str | None = None
     baseline_row: str | None = None
+    baseline_row_rule: str | None = None
+    """Why the model has that row (:data:`cxr_robust.gate.BASELINE_ROW_RULES`)."""
     baseline_source: str | None = None
     text_policy: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -178,7 +180,7 @@ class RanksFileError(ValueError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         super().__init__(f"ranks file {path} is truncated or not a ranks file ({problem}); re-record it with "
-                         "--update-baselines (or rerun `cxr-robust run`), or delete it")
+                         "--cxr-update-baselines (or rerun `cxr-robust run`), or delete it")
         self.path = Path(path)
 
 
@@ -191,7 +193,7 @@ def load_ranks(path: str | Path) -> tuple[dict[Condition, RankCounts], list[str]
     path = Path(path)
     if not path.is_file():
         what = "a directory, not a file" if path.is_dir() else "missing"
-        raise FileNotFoundError(f"ranks file {path} is {what}; pass a ranks .npz written by --update-baselines or "
+        raise FileNotFoundError(f"ranks file {path} is {what}; pass a ranks .npz written by --cxr-update-baselines or "
                                 "`cxr-robust run` (ranks/ of a results directory)")
     try:
         loaded = np.load(path, allow_pickle=False)

@@ -9,7 +9,7 @@ A cell (or a model's grid test) is in exactly one state:
 * ``fail``: significantly worse than its baseline, or clearly below chance;
 * ``missing``: it has no baseline, which is a failure (a gate that compares nothing must not go green);
 * ``not-compared``: it has no baseline and the run allowed that (``--cxr-allow-missing-baseline``);
-* ``recorded``: a ``--update-baselines`` run measured it for the record (the chance test still applies).
+* ``recorded``: a ``--cxr-update-baselines`` run measured it for the record (the chance test still applies).
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ RUN_PASS, RUN_FAIL, RUN_NOT_COMPARED, RUN_NOTHING, RUN_RECORDED = (
     "PASS", "FAIL", "NOT COMPARED", "NOTHING MEASURED", "RECORDED")
 
 
-def cell_state(cell: Mapping[str, Any], config: Mapping[str, Any]) -> str:
-    """The state of one cell (or grid test) dict under the run's ``config`` (see the module docstring)."""
-    if cell.get("chance_passed") is False:
-        return FAIL
+def chance_state(cell: Mapping[str, Any]) -> str:
+    """The chance check alone: ``fail`` when the cell is clearly below chance (k/N), else ``pass``."""
+    return FAIL if cell.get("chance_passed") is False else PASS
+
+
+def baseline_state(cell: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The baseline check alone: ``recorded`` in a baseline-recording run, ``missing``/``not-compared`` without
+    a baseline, else ``pass`` or ``fail`` as the cell's test decided."""
     if config.get("update_baselines"):
         return RECORDED
     if cell.get("baseline") is None:
@@ -36,13 +40,26 @@ def cell_state(cell: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return PASS if cell.get("passed") is True else FAIL
 
 
+def cell_state(cell: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The state of one cell (or grid test) dict under the run's ``config``: the one place a cell's fate is
+    decided (the pytest cases run the two checks above separately; a cell fails if either fails)."""
+    if chance_state(cell) == FAIL:
+        return FAIL
+    return baseline_state(cell, config)
+
+
+def grid_fails(grid: Any, config: Mapping[str, Any]) -> bool:
+    """Whether a model's grid test fails the model. A grid without a baseline is not a failure of its own:
+    its cells already fail as missing (or are NOT COMPARED when that was allowed)."""
+    return isinstance(grid, Mapping) and cell_state(grid, config) == FAIL
+
+
 def model_tally(model: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, int]:
     """Counts of a measured model's cells by state (grid test included under ``grid_*``)."""
     cells = [c for c in model.get("cells") or [] if isinstance(c, Mapping)]
     states = [cell_state(c, config) for c in cells]
     grid = model.get("grid")
-    # A grid without a baseline is not counted as missing again: its cells already are.
-    grid_failed = isinstance(grid, Mapping) and cell_state(grid, config) == FAIL
+    grid_failed = grid_fails(grid, config)
     compared = sum(s in (PASS, FAIL) and c.get("baseline") is not None for s, c in zip(states, cells))
     return {"cells": len(cells), "compared": compared, "passed": states.count(PASS),
             "failed": states.count(FAIL), "missing": states.count(MISSING),
@@ -93,7 +110,7 @@ def run_verdict(doc: Mapping[str, Any]) -> tuple[str, list[str]]:
                 why.append(f"{name}: the grid as a whole is significantly worse than its baseline")
             if t["missing"]:
                 why.append(f"{name}: {t['missing']} cells have no baseline (a failure; record one with "
-                           "--update-baselines, or pass --cxr-allow-missing-baseline to report them as NOT COMPARED)")
+                           "--cxr-update-baselines, or pass --cxr-allow-missing-baseline to report them as NOT COMPARED)")
             if t["not_compared"]:
                 why.append(f"{name}: {t['not_compared']} cells NOT COMPARED (no baseline; "
                            "--cxr-allow-missing-baseline)")

@@ -61,7 +61,7 @@ def test_parse_layer_converts_what_people_write() -> None:
     ({"weights": ["clip"]}, "weights expects MODEL=PATH, got 'clip'"),
     ({"models": 3}, "models must be a list or a comma-separated string"),
     ({"require_all": "maybe"}, "require_all must be true or false"),
-    ({"dataset": ["mimic"]}, "dataset must be a string"),
+    ({"dataset": ["mimic"]}, "dataset must be one of phantom, mimic, manifest; got ['mimic']"),
     ({"seed": -1}, "seed must be a non-negative integer, got -1"),
     ({"data_seed": "-2"}, "data_seed must be a non-negative integer, got -2"),
     ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
@@ -182,7 +182,7 @@ def test_layer_errors_name_the_layer(tmp_path: Path) -> None:
         build_gate_options(cli={"ks": "0"}, start=tmp_path, environ={})
     with pytest.raises(ConfigError, match="^ini file: ratios must be a number"):
         build_gate_options(ini={"ratios": "1,x"}, start=tmp_path, environ={})
-    with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
+    with pytest.raises(ConfigError, match="dataset must be one of phantom, mimic, manifest; got 'nope'"):
         build_gate_options(start=tmp_path, environ={ENV_VARS["dataset"]: "nope"})
 
 

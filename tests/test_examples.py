@@ -28,7 +28,7 @@ TARGET = "examples.custom_model.model:build"
 DATASET = "phantom-eval-s0-n120"
 BASELINE = EXAMPLE / "baselines" / f"examples.custom_model.model_build__{DATASET}.csv"
 RATIOS, KS = (0.0, 9.0, 81.0), (5, 10, 50)
-GRID = ["--phantom-studies", "120", "--cxr-ratios", ",".join(f"{r:g}" for r in RATIOS),
+GRID = ["--cxr-phantom-studies", "120", "--cxr-ratios", ",".join(f"{r:g}" for r in RATIOS),
         "--cxr-ks", ",".join(map(str, KS))]
 
 

@@ -4,7 +4,7 @@
 2. a cell without a baseline passed;
 3. a model changed in memory got the shipped model's cached embeddings;
 4. paired testing (stronger) was opt-in even where recorded ranks exist;
-5. ``--update-baselines`` rewrote tables from errored runs and dropped rows it did not measure.
+5. ``--cxr-update-baselines`` rewrote tables from errored runs and dropped rows it did not measure.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import pytest
 # (torch, numpy) in the same process can crash it.
 import torch  # noqa: F401  (kept loaded: see above)
 
-from cxr_robust.plugin import _OPTIONS
+from cxr_robust.options import for_front_end
 
 from tests.gate_project import GATE_TESTS
 
 pytest_plugins = ["pytester"]
 
-SMALL = ["--phantom-studies=120", "--cxr-ratios=0,9,81", "--cxr-ks=5,10,50", "-p", "no:cacheprovider"]
-PATH_OPTIONS = [dest for dest in _OPTIONS if dest in (
-    "cxr_cache_dir", "cxr_report", "mimic_root", "mimic_reports", "cxr_manifest", "weights_dir", "bert_vocab",
-    "cxr_baselines", "cxr_compare_to")]
+SMALL = ["--cxr-phantom-studies=120", "--cxr-ratios=0,9,81", "--cxr-ks=5,10,50", "-p", "no:cacheprovider"]
+PATH_FLAGS = [flag for o in for_front_end("pytest") if o.kind in ("path", "paths")
+              for flag in (o.flag, *o.deprecated_flags)]
+"""Every gate flag that takes a path, old spellings included."""
 
 
 def _project(pytester: pytest.Pytester) -> Path:
@@ -41,15 +41,14 @@ def _project(pytester: pytest.Pytester) -> Path:
 
 # ----- 1. rootdir ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["root", "subdir"])
-@pytest.mark.parametrize("dest", PATH_OPTIONS)
+@pytest.mark.parametrize("flag", PATH_FLAGS)
 def test_a_path_option_after_a_space_never_loses_the_configuration(
         pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
-        dest: str, where: str) -> None:
+        flag: str, where: str) -> None:
     """``--opt /outside`` made pytest pick another rootdir (no pytest.ini, no baselines/): every baseline check
     skipped and the run exited 0. Now it is a usage error that says what to write; ``--opt=/outside`` works."""
     project = _project(pytester)
-    outside = tmp_path_factory.mktemp(f"outside-{dest}")  # an existing path outside the project
-    flag = "--" + dest.replace("_", "-")
+    outside = tmp_path_factory.mktemp(f"outside{flag}")  # an existing path outside the project
     if where == "subdir":
         monkeypatch.chdir(project / "tests")
     spaced = pytester.runpytest_inprocess("--collect-only", "-q", "--cxr-models=phantom-clip", flag, str(outside))
@@ -64,7 +63,7 @@ def test_a_path_option_after_a_space_never_loses_the_configuration(
 
 def test_k_larger_than_the_data_set_is_one_usage_error_before_any_work(pytester: pytest.Pytester) -> None:
     _project(pytester)
-    res = pytester.runpytest_inprocess("--collect-only", "-q", "--cxr-models=phantom-clip", "--phantom-studies=120",
+    res = pytester.runpytest_inprocess("--collect-only", "-q", "--cxr-models=phantom-clip", "--cxr-phantom-studies=120",
                                        "--cxr-ks=5,500")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*--cxr-ks 500: dataset phantom-eval-s0-n120 has only 120 reports*"])
@@ -90,7 +89,7 @@ class Gate:
         return self.path / "baselines" / "phantom-clip__phantom-eval-s0-n120.csv"
 
     def record(self, *args: str) -> pytest.RunResult:
-        res = self.run("--cxr-models=phantom-clip", "--update-baselines", *args)
+        res = self.run("--cxr-models=phantom-clip", "--cxr-update-baselines", *args)
         assert res.ret == pytest.ExitCode.OK, res.stdout.str()
         return res
 
@@ -173,9 +172,9 @@ def test_update_from_an_errored_run_writes_nothing(gate: Gate) -> None:
     ranks = sorted((gate.path / "baselines" / "ranks").glob("*.npz"))
     ranks_before = [p.read_bytes() for p in ranks]
     (gate.path / "broken_model.py").write_text(BROKEN_MODEL)
-    res = gate.run("--cxr-models=broken_model:build", "--update-baselines")
+    res = gate.run("--cxr-models=broken_model:build", "--cxr-update-baselines")
     assert res.ret != pytest.ExitCode.OK
-    res.stdout.fnmatch_lines(["*--update-baselines: nothing recorded*"])
+    res.stdout.fnmatch_lines(["*--cxr-update-baselines: nothing recorded*"])
     assert gate.table().read_bytes() == before
     assert [p.read_bytes() for p in ranks] == ranks_before
     assert len(list(gate.table().parent.glob("*.csv"))) == 1
@@ -232,7 +231,7 @@ def test_two_workers_write_the_same_results_and_ranks_as_one(gate: Gate, tmp_pat
 def test_documented_pytest_commands_write_path_options_with_equals() -> None:
     """README and docs must not teach the space form that moves pytest's rootdir (a usage error now)."""
     root = Path(__file__).resolve().parents[1]
-    flags = ["--" + dest.replace("_", "-") for dest in PATH_OPTIONS]
+    flags = PATH_FLAGS
     for doc in (root / "README.md", root / "docs" / "usage.md", root / "docs" / "nightly-ci.yml"):
         in_pytest = False
         for line in doc.read_text().splitlines():

@@ -330,7 +330,7 @@ def nightly(setup: Setup) -> Nightly:
     del model
     env = {**setup.env, "WEIGHTS_DIR": str(weights)}
     recorded = setup.project("recorded")
-    record_argv = without_xdist_workers(expand(gate_command(), env)) + FAST + ONLY_CLIP + ["--update-baselines"]
+    record_argv = without_xdist_workers(expand(gate_command(), env)) + FAST + ONLY_CLIP + ["--cxr-update-baselines"]
     record = run(record_argv, recorded, env)
     assert record.returncode == 0, tail(record)
     shutil.rmtree(recorded / env["REPORT_DIR"])
@@ -356,7 +356,7 @@ def test_recipe_names_the_paper_models_and_writes_every_value_with_equals() -> N
     argv = expand(gate_command(), {k: f"<{k}>" for k in load_recipe()[0]})
     models = [a.split("=", 1)[1] for a in argv if a.startswith("--cxr-models=")]
     assert models == [",".join(PAPER_MODELS)], argv
-    assert "--require-all" in argv and "--cxr-allow-missing-baseline" not in argv
+    assert "--cxr-require-all" in argv and "--cxr-allow-missing-baseline" not in argv
     assert spaced_path_options(argv) == [], argv
     # every named model has its row in the shipped MIMIC-CXR table, so the real nightly run compares every cell
     with (ROOT / "baselines" / "table1_mimic_cxr.csv").open(newline="") as f:

@@ -1,6 +1,6 @@
-"""The pytest plugin driven end to end with ``pytester``: pass, regression, skips, --require-all, baselines.
+"""The pytest plugin driven end to end with ``pytester``: pass, regression, skips, --cxr-require-all, baselines.
 
-Each run uses the shipped demo model on a small phantom eval set (``--phantom-studies``) so the whole file
+Each run uses the shipped demo model on a small phantom eval set (``--cxr-phantom-studies``) so the whole file
 takes seconds; the sweep itself is the same code the full gate runs.
 """
 
@@ -20,7 +20,7 @@ from tests.gate_project import GATE_TESTS
 
 pytest_plugins = ["pytester"]
 
-SMALL = ["--phantom-studies", "120", "--cxr-ratios", "0,9,81", "--cxr-ks", "5,10,50", "-p", "no:cacheprovider", "-rs"]
+SMALL = ["--cxr-phantom-studies", "120", "--cxr-ratios", "0,9,81", "--cxr-ks", "5,10,50", "-p", "no:cacheprovider", "-rs"]
 
 
 class GateProject:
@@ -47,7 +47,7 @@ def run(p: GateProject, *args: str) -> pytest.RunResult:
 
 
 def record_baseline(p: GateProject) -> Path:
-    res = run(p, "--cxr-models", "phantom-clip", "--update-baselines")
+    res = run(p, "--cxr-models", "phantom-clip", "--cxr-update-baselines")
     res.assert_outcomes(passed=20)  # 9 cells + the grid case, two tests each
     written = list((p.path / "baselines").glob("*.csv"))
     assert len(written) == 1, written
@@ -81,20 +81,25 @@ def test_degraded_model_fails_with_numbers_against_a_table(gate_dir: GateProject
         ranks.unlink()
     degraded = tmp_path / "degraded.safetensors"
     _write_degraded_weights(degraded, noise=0.5)
-    res = run(gate_dir, "--cxr-models", "phantom-clip", "--weights", f"phantom-clip={degraded}")
+    # "-p cxr_robust.plugin" loads the plugin with pytest's assertion rewriting, as a regular (non-editable)
+    # install does: a bare `assert` there used to end every failure message with a dump of the decision object.
+    res = run(gate_dir, "-p", "no:cxr_robust", "-p", "cxr_robust.plugin", "--cxr-models", "phantom-clip",
+              "--cxr-weights", f"phantom-clip={degraded}")
     outcomes = res.parseoutcomes()
     assert outcomes.get("failed", 0) >= 3, res.stdout.str()
     res.stdout.fnmatch_lines(["*phantom-clip at 0% occlusion, k = 10, regressed: measured Recall@10 = *%, baseline *%, "
                               "tolerance * pp, chance 8.33% (k/N), N = 120 reports, M = 210 images*unpaired*"])
+    # The one-paragraph explanation is the whole message: no assertion-rewriting dump of the decision object.
+    assert "CellDecision(" not in res.stdout.str() and "where False" not in res.stdout.str()
 
 
 def test_missing_weights_skip_with_reason_and_require_all_fails(gate_dir: GateProject) -> None:
     res = run(gate_dir, "--cxr-models", "clip", "--cxr-ks", "5")
     res.assert_outcomes(skipped=8)
     res.stdout.fnmatch_lines(["*clip: skipped: weights for 'clip' not found*CXR_ROBUST_CLIP_WEIGHTS*ViT-B-32.pt*"])
-    res = run(gate_dir, "--cxr-models", "clip", "--cxr-ks", "5", "--require-all")
+    res = run(gate_dir, "--cxr-models", "clip", "--cxr-ks", "5", "--cxr-require-all")
     res.assert_outcomes(failed=8)
-    res.stdout.fnmatch_lines(["*--require-all: clip: weights for 'clip' not found*"])
+    res.stdout.fnmatch_lines(["*--cxr-require-all: clip: weights for 'clip' not found*"])
 
 
 def test_no_baseline_fails_and_only_an_explicit_option_reports_not_compared(gate_dir: GateProject) -> None:
@@ -104,7 +109,7 @@ def test_no_baseline_fails_and_only_an_explicit_option_reports_not_compared(gate
     res.assert_outcomes(passed=10, failed=10)
     assert res.ret == pytest.ExitCode.TESTS_FAILED
     res.stdout.fnmatch_lines(["*was not compared: no baseline row 'phantom-clip' for dataset 'phantom-eval-s0-n120'"
-                              "*--update-baselines*--cxr-allow-missing-baseline*",
+                              "*--cxr-update-baselines*--cxr-allow-missing-baseline*",
                               "gate verdict: FAIL", "*0 compared, 9 failed, 0 not compared*"])
     res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-allow-missing-baseline")
     res.assert_outcomes(passed=10, skipped=10)
@@ -164,7 +169,7 @@ def test_paired_mode_passes_unchanged_and_catches_a_degraded_model(gate_dir: Gat
     degraded = tmp_path / "slightly-degraded.safetensors"
     _write_degraded_weights(degraded, noise=0.3)
     res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-compare-to", str(ranks),
-              "--weights", f"phantom-clip={degraded}")
+              "--cxr-weights", f"phantom-clip={degraded}")
     assert res.parseoutcomes().get("failed", 0) >= 1, res.stdout.str()
     res.stdout.fnmatch_lines(["*regressed against the recorded run *phantom-clip__phantom-eval-s0-n120__seed0.npz*"
                               "queries lost the hit*paired*"])

@@ -14,7 +14,7 @@ from tests.gate_project import GATE_TESTS
 
 pytest_plugins = ["pytester"]
 
-SMALL = ["--phantom-studies=120", "--cxr-ratios=0,81", "--cxr-ks=5", "--cxr-models=phantom-clip",
+SMALL = ["--cxr-phantom-studies=120", "--cxr-ratios=0,81", "--cxr-ks=5", "--cxr-models=phantom-clip",
          "-p", "no:cacheprovider"]
 
 
@@ -55,7 +55,7 @@ def test_update_baselines_into_an_unwritable_place_fails_and_writes_nothing(proj
     # the table's path is taken by a directory: the write must fail cleanly, naming it
     blocked = project.path / "baselines" / "phantom-clip__phantom-eval-s0-n120.csv"
     blocked.mkdir()
-    res = _run(project, "--update-baselines", f"--cxr-report={project.path / 'report'}")
+    res = _run(project, "--cxr-update-baselines", f"--cxr-report={project.path / 'report'}")
     assert res.ret == pytest.ExitCode.USAGE_ERROR, res.stdout.str()
     res.stdout.fnmatch_lines([f"*cannot write the gate's outputs: *{blocked}*"])
     assert blocked.is_dir() and not list(blocked.iterdir())
@@ -64,6 +64,6 @@ def test_update_baselines_into_an_unwritable_place_fails_and_writes_nothing(proj
 
 def test_explicit_weights_that_do_not_exist_are_a_usage_error(project: pytest.Pytester, tmp_path: Path) -> None:
     res = project.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", "--cxr-models=phantom-clip",
-                                       f"--weights=phantom-clip={tmp_path / 'typo.safetensors'}")
+                                       f"--cxr-weights=phantom-clip={tmp_path / 'typo.safetensors'}")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*weights for 'phantom-clip': *typo.safetensors does not exist*"])

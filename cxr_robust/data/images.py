@@ -58,7 +58,7 @@ _UNKNOWN_MODE_BYTES = 8  # a mode this table does not know is charged generously
 # Rows per conversion chunk are chosen so the float64 temporaries stay near this many pixels (8 MB each).
 _CHUNK_PIXELS = 1 << 20
 
-_SKIP_HINT = "or pass on_bad_image='skip' (pytest --on-bad-image=skip) to leave such images out and count them"
+_SKIP_HINT = "or pass on_bad_image='skip' (pytest --cxr-on-bad-image=skip) to leave such images out and count them"
 
 
 class BadImageError(ValueError):

@@ -124,7 +124,7 @@ def find_bert_vocab(explicit: str | Path | None = None, *, model_name: str = "th
             return found
     raise MissingWeightsError(
         f"{model_name} needs the Bio_ClinicalBERT wordpiece vocabulary (vocab.txt, {BIO_CLINICAL_BERT_VOCAB_SIZE} "
-        f"entries). Set the bert_vocab= option (pytest --bert-vocab) or ${BERT_VOCAB_ENV} to that file or to a "
+        f"entries). Set the bert_vocab= option (pytest --cxr-bert-vocab) or ${BERT_VOCAB_ENV} to that file or to a "
         f"directory holding it; download it from {BIO_CLINICAL_BERT_VOCAB_URL}. No Hugging Face cache of "
         f"{BIO_CLINICAL_BERT_REPO} was found under: {', '.join(map(str, searched))}.")
 

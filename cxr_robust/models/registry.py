@@ -79,8 +79,8 @@ class ModelSpec:
                             bert_vocab: str | Path | None = None) -> str | None:
         """What is wrong with a path that was *given* for this model, or None.
 
-        A weights file passed explicitly (``--weights NAME=PATH``, ``weights`` in ``[tool.cxr_robust]``, or
-        ``$<weights_env>``), a weights directory (``--weights-dir`` / ``$CXR_ROBUST_WEIGHTS_DIR``) this model
+        A weights file passed explicitly (``--cxr-weights NAME=PATH``, ``weights`` in ``[tool.cxr_robust]``, or
+        ``$<weights_env>``), a weights directory (``--cxr-weights-dir`` / ``$CXR_ROBUST_WEIGHTS_DIR``) this model
         would be looked up in, or a ``bert_vocab`` that does not exist is a user mistake: callers should stop
         with this message (exit 2) rather than skip the model. Check it before :meth:`missing`, which
         reports such paths too, as a reason to skip.
@@ -89,8 +89,8 @@ class ModelSpec:
         if explicit:
             path = Path(explicit).expanduser()
             if not path.exists():  # a directory can be valid weights (an unpacked MedCLIP download)
-                fallback = "use the built-in weights" if self.builtin_weights else "look in --weights-dir"
-                problems.append(f"weights for {self.name!r}: {path} does not exist (given as --weights "
+                fallback = "use the built-in weights" if self.builtin_weights else "look in --cxr-weights-dir"
+                problems.append(f"weights for {self.name!r}: {path} does not exist (given as --cxr-weights "
                                 f"{self.name}=PATH or weights.{self.name} in [tool.cxr_robust]); fix the path, or "
                                 f"remove it to {fallback}")
         elif self.weights_env and os.environ.get(self.weights_env):
@@ -106,7 +106,7 @@ class ModelSpec:
             try:  # with a value given, find_bert_vocab never falls back to another source
                 find_bert_vocab(bert_vocab, model_name=repr(self.name))
             except MissingWeightsError as exc:
-                problems.append(f"{exc} (set by --bert-vocab / bert_vocab, or ${BERT_VOCAB_ENV})")
+                problems.append(f"{exc} (set by --cxr-bert-vocab / bert_vocab, or ${BERT_VOCAB_ENV})")
         return "; ".join(problems) or None
 
     def missing(self, explicit: str | Path | None = None, weights_dir: str | Path | None = None,
@@ -121,11 +121,11 @@ class ModelSpec:
             shipped = Path(__file__).resolve().parent.parent / self.builtin_file
             if not shipped.is_file():
                 problems.append(f"the weights shipped with cxr-robust for {self.name!r} are missing ({shipped}); "
-                                f"reinstall the package, or pass --weights {self.name}=PATH")
+                                f"reinstall the package, or pass --cxr-weights {self.name}=PATH")
         if not self.builtin_weights:
             path = self.locate_weights(explicit, weights_dir)
-            how = (f"pass --weights {self.name}=PATH, set {self.weights_env or WEIGHTS_DIR_ENV}, or put "
-                   f"{' or '.join(self.weight_files) or 'the weights file'} in --weights-dir / ${WEIGHTS_DIR_ENV}")
+            how = (f"pass --cxr-weights {self.name}=PATH, set {self.weights_env or WEIGHTS_DIR_ENV}, or put "
+                   f"{' or '.join(self.weight_files) or 'the weights file'} in --cxr-weights-dir / ${WEIGHTS_DIR_ENV}")
             if path is None:
                 problems.append(f"weights for {self.name!r} not found ({how}; published at {self.source_url})")
             elif not path.exists():
@@ -142,7 +142,7 @@ class ModelSpec:
 
 def _weights_dir_problem(weights_dir: str | Path | None) -> list[str]:
     """A weights directory that was given (option or ``$CXR_ROBUST_WEIGHTS_DIR``) but is not a directory."""
-    given, label = (weights_dir, "--weights-dir") if weights_dir else (os.environ.get(WEIGHTS_DIR_ENV),
+    given, label = (weights_dir, "--cxr-weights-dir") if weights_dir else (os.environ.get(WEIGHTS_DIR_ENV),
                                                                       f"${WEIGHTS_DIR_ENV}")
     if not given:
         return []
