@@ -535,9 +535,15 @@ def weights_status(name: str, options: "GateOptions") -> dict[str, Any]:
                                      else None)
     missing = error or spec.missing(explicit, options.weights_dir, options.bert_vocab)
     status: dict[str, Any] = {"available": missing is None, "path": None, "source": None, "reason": missing,
-                              "configuration_error": error}
+                              "configuration_error": error, "weight_files": list(spec.weight_files),
+                              "weights_env": spec.weights_env, "source_url": spec.source_url or None,
+                              "weights_missing": False, "vocab_missing": False}
     if error:  # a given path that does not exist: nothing more to look up
         return status
+    if missing:  # which of the two things a model can lack, so `models` can say where each goes
+        status["weights_missing"] = not spec.builtin_weights and spec.locate_weights(explicit,
+                                                                                     options.weights_dir) is None
+        status["vocab_missing"] = spec.needs_bert_vocab and _vocab_missing(options.bert_vocab, name)
     path = spec.locate_weights(explicit, options.weights_dir)
     if path is not None:
         if explicit:
@@ -561,6 +567,18 @@ def weights_status(name: str, options: "GateOptions") -> dict[str, Any]:
 
         status["bert_vocab"] = str(find_bert_vocab(options.bert_vocab, model_name=repr(name)))
     return status
+
+
+def _vocab_missing(bert_vocab: str | None, name: str) -> bool:
+    """True when Bio_ClinicalBERT's vocab.txt is not found (option, ``$CXR_ROBUST_BERT_VOCAB`` or HF cache)."""
+    from cxr_robust.models.bert import find_bert_vocab
+    from cxr_robust.models.registry import MissingWeightsError
+
+    try:
+        find_bert_vocab(bert_vocab, model_name=repr(name))
+    except MissingWeightsError:
+        return True
+    return False
 
 
 def cmd_perturbations(args: argparse.Namespace) -> int:
@@ -604,17 +622,72 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_VOCAB_URL = "https://huggingface.co/emilyalsentzer/Bio_ClinicalBERT/resolve/main/vocab.txt"
+
+
 def _print_models(rows: list[dict[str, Any]]) -> None:
-    """The ``cxr-robust models`` table."""
-    _say(f"{'model':<16} {'baseline row':<13} {'text policy':<20} weights")
+    """The ``cxr-robust models`` table: one line per model (name, baseline row, text policy, found or not),
+    then indented lines saying where its weights are or where to put them, all within the terminal's width
+    (72 to 100 columns). ``--json`` has every field in full."""
+    import shutil
+
+    width = max(72, min(shutil.get_terminal_size((100, 24)).columns, 100))  # 72: the row's own columns
+    _say(f"{'model':<16} {'baseline row':<15} {'text policy':<20} weights")
     for r in rows:
-        where = (f"found: {r['path']} ({r['source']})" if r["available"] else
-                 f"WRONG PATH: {r['reason']}" if r["configuration_error"] else f"NOT FOUND: {r['reason']}")
-        _say(f"{r['name']:<16} {r['baseline_row'] or '-':<13} {r['text_policy']:<20} {where}")
-        if r.get("bert_vocab"):
-            _say(f"{'':<51} vocab: {r['bert_vocab']}")
-    _say("\nad-hoc models: pass 'package.module:factory' to --models; register one by name with the "
-         "'cxr_robust.models' entry point group (docs/usage.md)")
+        state = "found" if r["available"] else "WRONG PATH" if r["configuration_error"] else "NOT FOUND"
+        # With no declared row the gate files the model's baseline under its own name.
+        for line in _wrapped(f"{r['name']:<16} {r['baseline_row'] or r['name']:<15} {r['text_policy']:<20} "
+                             f"{state}", width, indent=""):
+            _say(line)
+        for detail in _model_details(r):
+            for line in _wrapped(detail, width):
+                _say(line)
+    notes = []
+    if any(r.get("vocab_missing") for r in rows):
+        notes.append(f"Bio_ClinicalBERT's vocab.txt (MedCLIP, CXR-CLIP): pass --cxr-bert-vocab PATH (the file or its "
+                     f"folder) or set $CXR_ROBUST_BERT_VOCAB; download it from {_VOCAB_URL}")
+    notes.append("ad-hoc models: pass 'package.module:factory' to --cxr-models; register one by name with the "
+                 "'cxr_robust.models' entry point group (docs/usage.md); every detail: cxr-robust models --json")
+    for note in notes:
+        _say("")
+        for line in _wrapped(note, width, indent="", subsequent="    "):
+            _say(line)
+
+
+def _model_details(r: dict[str, Any]) -> list[str]:
+    """The indented lines under a model's row: its weights' path, or what is wrong and where files go."""
+    if r["available"]:
+        return [f"{r['path']} ({r['source']})" if r["path"] else r["source"] or "built in",
+                *([f"vocab: {r['bert_vocab']}"] if r.get("bert_vocab") else [])]
+    if r["configuration_error"]:
+        return [r["configuration_error"]]
+    details = []
+    if r["weights_missing"]:
+        files = " or ".join(r["weight_files"]) or "the weights file"
+        env = f", or set ${r['weights_env']}" if r["weights_env"] else ""
+        details.append(f"put {files} in --cxr-weights-dir DIR (or $CXR_ROBUST_WEIGHTS_DIR), or pass "
+                       f"--cxr-weights {r['name']}=PATH{env}")
+        if r["source_url"]:
+            details.append(f"published at {r['source_url']}")
+    if r["vocab_missing"]:
+        details.append("and Bio_ClinicalBERT's vocab.txt (below)")
+    return details or [r["reason"]]  # any other reason (a shipped file gone missing): as the registry says it
+
+
+def _wrapped(text: str, width: int, indent: str = "    ", subsequent: str | None = None) -> list[str]:
+    """``text`` wrapped to ``width``; an address too long for one line is not broken but referred to --json."""
+    import textwrap
+
+    sub = indent if subsequent is None else subsequent
+    lines = textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=sub, break_long_words=False,
+                          break_on_hyphens=False)
+    if all(len(line) <= width for line in lines):
+        return lines
+    if "://" in text:  # a URL cut in two cannot be pasted: point at where it is whole
+        short = " ".join(w if "://" not in w or len(sub) + len(w) <= width else "(address: docs/models.md, or --json)"
+                         for w in text.split(" "))
+        return _wrapped(short, width, indent, subsequent)
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=sub, break_on_hyphens=False)
 
 
 # ----- check-data -----------------------------------------------------------------------------------------------

@@ -257,8 +257,9 @@ def test_models_lists_registry_and_where_weights_are(tmp_path: Path, capsys: pyt
 
     assert main(["models", "--project", str(tmp_path), "--no-pyproject"]) == EXIT_OK
     text = capsys.readouterr().out
-    assert f"phantom-clip     phantom-clip  findings+impression  found: {WEIGHTS_FILE} (shipped" in text
-    assert "cxr-repair       CXR-RePaiR    impression           NOT FOUND: weights for 'cxr-repair' not found" in text
+    assert "phantom-clip     phantom-clip    findings+impression  found\n" in text
+    assert f"\n    {WEIGHTS_FILE} (shipped in the cxr-robust package)\n" in text
+    assert "cxr-repair       CXR-RePaiR      impression           NOT FOUND\n" in text  # details: test_models_listing
     clip = tmp_path / "w" / "ViT-B-32.pt"
     clip.parent.mkdir()
     clip.write_bytes(b"x")

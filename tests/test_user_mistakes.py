@@ -353,7 +353,8 @@ def test_weights_env_that_does_not_exist_exit_2(project: Path, tmp_path: Path, m
 def test_models_command_exits_2_on_a_wrong_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--no-pyproject", "--project", str(tmp_path), "--weights", "clip=/typo.pt"]) == EXIT_USAGE
     captured = capsys.readouterr()
-    assert "WRONG PATH: weights for 'clip': /typo.pt does not exist" in captured.out  # the table still lists it
+    # the table still lists it: its row says WRONG PATH, the line under it what is wrong
+    assert "  WRONG PATH\n    weights for 'clip': /typo.pt does not exist" in captured.out
     assert captured.err.count("\n") == 1 and "/typo.pt" in captured.err and "Traceback" not in captured.err
 
 
