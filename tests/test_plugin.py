@@ -111,7 +111,12 @@ def test_no_baseline_fails_and_only_an_explicit_option_reports_not_compared(gate
     res.stdout.fnmatch_lines(["*was not compared: no baseline row 'phantom-clip' for dataset 'phantom-eval-s0-n120'"
                               "*--cxr-update-baselines*--cxr-allow-missing-baseline*",
                               "gate verdict: FAIL", "*0 compared, 9 failed, 0 not compared*"])
-    res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-allow-missing-baseline")
+    # The sweep ran inside the first test, with output captured: its progress still reached the terminal.
+    res.stdout.fnmatch_lines(["cxr-robust: phantom-clip: sweeping 3 conditions on phantom-eval-s0-n120 (210 images, "
+                              "120 reports)", "cxr-robust: phantom-clip: [[]1/3] 0% occlusion: Recall@5 *% (*s)",
+                              "cxr-robust: phantom-clip: [[]3/3] 81% occlusion: Recall@5 *% (*s)"])
+    res = run(gate_dir, "--cxr-models", "phantom-clip", "--cxr-allow-missing-baseline", "-q")
+    assert "cxr-robust: phantom-clip: [1/3]" not in res.stdout.str()  # -q: quiet
     res.assert_outcomes(passed=10, skipped=10)
     res.stdout.fnmatch_lines(["gate verdict: NOT COMPARED", "*0 compared, 0 failed, 9 not compared*",
                               "*NOT COMPARED (--cxr-allow-missing-baseline): no baseline row*"])
