@@ -39,14 +39,14 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em auto;max-width:1200px;
  color:#222;padding:0 1em}
-h1{font-size:1.5em;margin:.2em 0}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+h1{font-size:1.5em;margin:.2em 0}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.3em}
 h3{margin:1.2em 0 .4em}
 table{border-collapse:collapse;margin:.4em 0}th,td{border:1px solid #ccc;padding:3px 7px;vertical-align:top}
 th{background:#f4f4f4;text-align:left}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{display:inline-block;font-weight:700;font-size:1.6em;padding:.15em .7em;border-radius:6px;color:#fff}
 .v-pass{background:#1b7f3b}.v-fail{background:#c62828}.v-none{background:#777}
 .notes li{margin:.1em 0}
-table.grid td{min-width:6.5em;text-align:right;font-variant-numeric:tabular-nums}
+table.grid td{min-width:6.5em;text-align:right;font-variant-numeric:tabular-nums;line-height:1.25}
 table.grid th{text-align:center}
 .pass{background:#dff3e4}.fail{background:#fbd3d3;outline:2px solid #c62828;outline-offset:-2px}
 .nobase{background:#ececec;color:#555}.missing{background:#fff}
@@ -57,7 +57,7 @@ table.grid th{text-align:center}
 .row{display:flex;flex-wrap:wrap;align-items:flex-start}.row>*{margin:0 1.5em .5em 0}
 .kv th{width:16em}.muted{color:#666}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;
  word-break:break-all}
-.big{font-size:1.15em;font-weight:700}
+.big{font-weight:700}
 details>summary{cursor:pointer}details>summary h4{display:inline;margin:0}
 .skip{border-left:4px solid #999;padding:.3em .8em;background:#fafafa;margin:.4em 0}
 .err{border-left:4px solid #c62828;padding:.3em .8em;background:#fff5f5;margin:.4em 0}
@@ -99,8 +99,10 @@ def _pct(fraction: Any, digits: int = 2) -> str:
 
 
 def _pp(diff: Any) -> str:
-    """A difference of fractions in percentage points, signed."""
-    return f"{100 * diff:+.2f} pp" if _is_num(diff) else "—"
+    """A difference of fractions in percentage points, signed (never ``-0.00``: rounding noise of a table)."""
+    if not _is_num(diff):
+        return "—"
+    return "+0.00 pp" if round(100 * diff, 2) == 0 else f"{100 * diff:+.2f} pp"
 
 
 def _num(value: Any) -> str:
@@ -464,12 +466,12 @@ def _grid(model: dict, perturbation: str = "occlusion") -> str:
     rows = "".join(f"<tr><th>k = {_e(k)}</th>{''.join(_grid_cell(by.get((r, k))) for r in severities)}</tr>"
                    for k in ks)
     paired = any(_dict(_dict(c.get("extras")).get("paired")) for c in cells)
-    hover = ("the queries that lost / gained the hit and the exact test's p" if paired else "the tolerance")
+    hover = "the queries that lost / gained the hit, the exact test's p" if paired else "the tolerance"
     return (f"<div class=scroll><table class=grid><caption>Recall@k (%) by {_e(perturbation)} severity — "
             f"measured, baseline, difference</caption><tr><th>k \\ {_e(perturbation)}</th>{head}</tr>{rows}"
             "</table></div><p class=legend><span class=pass>pass</span><span class=fail>fail</span>"
             "<span class=nobase>not compared</span><span class=badge>chance</span> chance check failed · "
-            f"hover a cell for {hover}, adjusted p, chance level, N and M</p>")
+            f"hover a cell for {hover}, adjusted p, chance k/N, N and M</p>")
 
 
 # ----- the robustness summary of one perturbation (summaries.robustness_summary) ----------------------------
@@ -522,11 +524,10 @@ def _auc_words(perturbation: str, severities: list[float]) -> str:
     """How the AUC is normalised, for the summary's caption (see :mod:`cxr_robust.summaries`)."""
     top = _severity_label(perturbation, severities[-1]) if severities else "the largest severity"
     if perturbation == "occlusion":
-        return (f"AUC = area under Recall@k against the occluded area from 0 to {top}, divided by that range "
-                "(trapezoid rule): the mean Recall@k over the area axis, which is linear, so the large occlusions "
-                "weigh most.")
-    return (f"AUC = area under Recall@k against the severity level from clean (0) to {top}, levels evenly "
-            "spaced, divided by that range (trapezoid rule): the mean Recall@k over the levels.")
+        return (f"AUC: area under Recall@k over the occluded area 0 to {top}, divided by that range (trapezoid "
+                "rule), i.e. the mean Recall@k along the area axis (linear: large occlusions weigh most).")
+    return (f"AUC: area under Recall@k over the severity levels clean (0) to {top}, evenly spaced, divided by "
+            "that range (trapezoid rule), i.e. the mean Recall@k over the levels.")
 
 
 def _compact_summary(summary: dict, perturbation: str) -> str:
@@ -548,11 +549,11 @@ def _compact_summary(summary: dict, perturbation: str) -> str:
                     f"{_estimate_td(summary.get(f'auc@{k}'), 2)}{_estimate_td(summary.get(f'auc_rel@{k}'), 1)}"
                     + "".join(_estimate_td(drops.get(s), 1, shade=True) for s in severities) + "</tr>")
     conf = summary.get("confidence")
-    boot = (f"{_pct(conf, 0)} bootstrap CIs over {_num(summary.get('n_queries'))} queries "
-            f"({_num(summary.get('n_boot'))} resamples) in brackets" if _is_num(conf) else "CIs in brackets")
-    caption = (f"Robustness summary of {perturbation}, in % ({boot}). {_auc_words(perturbation, severities)} "
-               "AUC ÷ clean: the share of the clean Recall@k kept. Relative drop: the share of the clean "
-               "Recall@k lost at severity s (0 % unchanged, 100 % nothing retrieved, below 0 better than clean).")
+    boot = (f"[{_pct(conf, 0)} bootstrap CI over {_num(summary.get('n_queries'))} queries, "
+            f"{_num(summary.get('n_boot'))} resamples]" if _is_num(conf) else "[CI]")
+    caption = (f"Robustness summary of {perturbation}, in % {boot}. {_auc_words(perturbation, severities)} "
+               "AUC ÷ clean: share of the clean Recall@k kept. Drop: share of the clean Recall@k lost at "
+               "severity s (0 % unchanged, 100 % nothing left, below 0 better than clean).")
     return (f"<div class=scroll><table class=summary><caption>{_e(caption)}</caption><thead>{head}</thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 

@@ -277,8 +277,8 @@ def test_compact_summary_is_in_the_grids_units_with_cis() -> None:
     assert k10[4:] == [shown(summary["drop@10"][repr(r)], 1) for r in RATIOS[1:]]
     assert float(k10[5].split()[0]) > 20  # the synthetic ranks worsen: a real drop, not a fraction printed
     caption = re.search(r"<table class=summary><caption>(.*?)</caption>", html, flags=re.S).group(1)
-    assert "divided by that range (trapezoid rule)" in caption and "occluded area from 0 to 25 %" in caption
-    assert "95 % bootstrap CIs over 300 queries (200 resamples)" in caption
+    assert "divided by that range (trapezoid rule)" in caption and "occluded area 0 to 25 %" in caption
+    assert "[95 % bootstrap CI over 300 queries, 200 resamples]" in caption
 
 
 def test_raw_summary_figures_are_collapsed_and_in_percent() -> None:
@@ -302,7 +302,7 @@ def test_levelled_perturbation_summary_uses_level_labels() -> None:
     rows = _rows(_summary_table(html, 1))
     assert rows[1] == ["s1", "s3"]
     caption = re.findall(r"<table class=summary><caption>(.*?)</caption>", html, flags=re.S)[1]
-    assert "severity level from clean (0) to s3, levels evenly spaced" in caption
+    assert "severity levels clean (0) to s3, evenly spaced" in caption
 
 
 def test_old_document_with_one_summary_and_no_perturbation_key_renders() -> None:
@@ -339,7 +339,7 @@ def test_paired_run_shows_the_paired_rule_and_lost_gained_queries() -> None:
     assert len(tips) == 6 and all("tolerance" not in t for t in tips)
     assert all("12 queries lost the hit (b), 3 gained it (c); exact test (mcnemar-exact) one-sided p = 0.018" in t
                for t in tips)
-    assert "hover a cell for the queries that lost / gained the hit and the exact test's p" in html
+    assert "hover a cell for the queries that lost / gained the hit, the exact test's p, adjusted p" in html
     assert ">paired<" in _section(html, "models")
 
 
