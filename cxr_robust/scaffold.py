@@ -119,8 +119,7 @@ class MyModel(RetrievalModel):
     input_size = INPUT_SIZE
     input_channels = 3
     default_text_policy = TextPolicy.FINDINGS_IMPRESSION  # or IMPRESSION / LONGEST: what it was trained on
-    # None: the baseline row is the model's name as given to --cxr-models ("my_model:build").
-    baseline_row = None
+    # Its baseline row is its name as given to --cxr-models, "my_model:build" (docs/usage.md, "Adding a model").
 
     def __init__(self, weights: Path | None) -> None:
         # TODO: build the network and load `weights` strictly (a missing key must fail here, not give a

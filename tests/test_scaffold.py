@@ -164,6 +164,20 @@ def test_the_installed_plugin_is_asked_for_its_flags() -> None:
     assert "--cxr-models" in flags and "--cxr-ks" in flags
 
 
+def test_scaffolded_default_gate_fails_loudly_until_the_model_is_filled_in(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """As scaffolded, the gate runs the user's `my_model:build` (imported through the scaffolded conftest.py under
+    the pytest console script, which does not put the folder on sys.path): it fails, saying what to fill in."""
+    root = tmp_path_factory.mktemp("user-project-default")
+    scaffold.scaffold(root)
+    small = [a for a in scaffold.commands()["demo"] if not a.startswith("--cxr-models")]
+    res = _run(small, root, tmp_path_factory.getbasetemp() / "shared-embedding-cache")
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "gate verdict: FAIL" in res.stdout
+    assert "my_model:build: error: NotImplementedError: my_model.py: load your checkpoint" in res.stdout
+    assert "cannot import" not in res.stdout
+
+
 @pytest.mark.slow  # three pytest processes, each importing torch and open_clip (~20 s apiece on 2 busy cores)
 def test_scaffolded_gate_fails_without_baseline_records_then_passes(tmp_path_factory: pytest.TempPathFactory,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
