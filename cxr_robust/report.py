@@ -490,7 +490,11 @@ def _estimate(entry: Any) -> tuple[float | None, float | None, float | None]:
     est = _dict(entry)
     ci = est.get("ci")
     lo, hi = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
-    return tuple(v if _is_num(v) else None for v in (est.get("value"), lo, hi))  # type: ignore[return-value]
+
+    def number(v: Any) -> float | None:
+        return float(v) if _is_num(v) else None
+
+    return number(est.get("value")), number(lo), number(hi)
 
 
 def _drops(summary: dict, k: int) -> dict[float, dict]:
@@ -537,11 +541,6 @@ def _compact_summary(summary: dict, perturbation: str) -> str:
     if not ks:
         return ""
     severities = sorted({s for k in ks for s in _drops(summary, k)})
-    span = " rowspan=2" if severities else ""
-    head = (f"<tr><th{span}>k</th><th{span}>clean<br/>Recall@k</th><th{span}>AUC</th><th{span}>AUC ÷<br/>clean</th>"
-            + (f"<th colspan={len(severities)}>relative drop 1 − R(s) / R(clean) at severity s</th></tr><tr>"
-               + "".join(f"<th>{_e(_severity_label(perturbation, s))}</th>" for s in severities) if severities else "")
-            + "</tr>")
     rows = []
     for k in ks:
         drops = _drops(summary, k)
@@ -554,8 +553,18 @@ def _compact_summary(summary: dict, perturbation: str) -> str:
     caption = (f"Robustness summary of {perturbation}, in % {boot}. {_auc_words(perturbation, severities)} "
                "AUC ÷ clean: share of the clean Recall@k kept. Drop: share of the clean Recall@k lost at "
                "severity s (0 % unchanged, 100 % nothing left, below 0 better than clean).")
-    return (f"<div class=scroll><table class=summary><caption>{_e(caption)}</caption><thead>{head}</thead>"
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+    return (f"<div class=scroll><table class=summary><caption>{_e(caption)}</caption>"
+            f"<thead>{_summary_head(perturbation, severities)}</thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _summary_head(perturbation: str, severities: list[float]) -> str:
+    """The compact summary's header: the severities under one "relative drop" heading, labelled as the grid."""
+    if not severities:
+        return "<tr><th>k</th><th>clean<br/>Recall@k</th><th>AUC</th><th>AUC ÷<br/>clean</th></tr>"
+    labels = "".join(f"<th>{_e(_severity_label(perturbation, s))}</th>" for s in severities)
+    return ("<tr><th rowspan=2>k</th><th rowspan=2>clean<br/>Recall@k</th><th rowspan=2>AUC</th>"
+            f"<th rowspan=2>AUC ÷<br/>clean</th><th colspan={len(severities)}>relative drop 1 − R(s) / R(clean) "
+            f"at severity s</th></tr><tr>{labels}</tr>")
 
 
 def _raw_rows(key: str, value: Any, perturbation: str, credentialed: bool) -> list[str]:
@@ -565,7 +574,7 @@ def _raw_rows(key: str, value: Any, perturbation: str, credentialed: bool) -> li
         return [row for sev, entry in sorted(_drops({key: value}, int(match.group(2))).items())
                 for row in _raw_rows(f"{key} at {_severity_label(perturbation, sev)}", entry, perturbation,
                                      credentialed)]
-    if match or key.startswith("drop@"):
+    if match or key.startswith("drop@"):  # an estimate (``drop@k at s`` from the branch above, too)
         v, lo, hi = _estimate(value)
         return [f"<tr><th>{_e(key)}</th><td class=num>{_e(_pct(v))}</td>"
                 f"<td class=num>{_e(_ci_text(lo, hi, 2))}</td></tr>"]

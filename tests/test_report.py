@@ -279,6 +279,9 @@ def test_compact_summary_is_in_the_grids_units_with_cis() -> None:
     caption = re.search(r"<table class=summary><caption>(.*?)</caption>", html, flags=re.S).group(1)
     assert "divided by that range (trapezoid rule)" in caption and "occluded area 0 to 25 %" in caption
     assert "[95 % bootstrap CI over 300 queries, 200 resamples]" in caption
+    no_drops = {k: v for k, v in summary.items() if not k.startswith("drop@")}
+    html = render_report(_doc([_measured("m", _grid("m"), summary={"occlusion": no_drops})]))
+    assert [len(row) for row in _rows(_summary_table(html))] == [4, 4, 4]  # one header row, a row per k
 
 
 def test_raw_summary_figures_are_collapsed_and_in_percent() -> None:
