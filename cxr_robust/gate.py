@@ -467,6 +467,16 @@ class GateSession:
         if errored:
             raise BaselineUpdateRefused(f"--cxr-update-baselines: nothing recorded, because the sweep of "
                                         f"{', '.join(errored)} errored; fix the error and record again")
+        rows: dict[str, list[str]] = {}
+        for model, run in self._runs.items():
+            if run.result is not None:
+                rows.setdefault(self.baseline_row(model), []).append(model)
+        shared = {row: models for row, models in rows.items() if len(models) > 1}
+        if shared:  # one row holds one model's numbers: the second recording would silently replace the first
+            row, models = next(iter(shared.items()))
+            raise BaselineUpdateRefused(f"--cxr-update-baselines: nothing recorded: {', '.join(models)} all record "
+                                        f"into the baseline row {row!r} (their registry entries declare it); "
+                                        "record them in separate runs")
         written, lines = [], []
         base_dir = self.rootdir / self.options.baselines_dir
         for model, run in self._runs.items():
@@ -496,7 +506,8 @@ class GateSession:
         return written, lines + self.notes
 
     def save_ranks(self, directory: str | Path, merge: bool = False) -> list[Path]:
-        """Per-query ranks of every measured model as ``directory/ranks/<row>__<dataset>__seed<N>.npz``.
+        """Per-query ranks of every measured model as ``directory/ranks/<row>__<dataset>__seed<N>.npz`` (a second
+        model with the same row in one run: under its own name, so neither overwrites the other).
 
         These are the input of paired comparisons (the default wherever they exist in ``baselines/ranks``,
         ``--cxr-compare-to``, ``cxr-robust compare``). With ``merge``, conditions recorded earlier in the same
@@ -505,15 +516,18 @@ class GateSession:
         from cxr_robust.paired import ranks_filename
         from cxr_robust.results import load_ranks
 
-        written = []
+        written: list[Path] = []
         for model, run in self._runs.items():
             res = run.result
             if res is None:
                 continue
+            name = ranks_filename(self.baseline_row(model), res.dataset, res.seed)
+            if any(p.name == name for p in written):  # another model of this run has the same row: keep both
+                name = ranks_filename(model, res.dataset, res.seed)
             meta = {"model": model, "dataset": res.dataset, "seed": res.seed, "text_policy": res.text_policy,
                     "model_fingerprint": res.meta.get("model_fingerprint"),
                     "dataset_counts": res.meta.get("dataset_counts")}
-            path = Path(directory) / "ranks" / ranks_filename(self.baseline_row(model), res.dataset, res.seed)
+            path = Path(directory) / "ranks" / name
             counts = dict(res.counts)
             if merge and path.is_file():
                 try:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Loaded once at module level (see tests/test_plugin.py).
@@ -109,3 +110,28 @@ def test_a_model_built_on_the_demo_adapter_is_compared_with_its_own_row(project:
     assert model["baseline_row_rule"] == "the model's own name (its registry entry declares no baseline_row)"
     assert baseline_row_rule("phantom-clip") == ("phantom-clip", "declared by the model's registry entry")
     assert (project / "baselines" / "table.csv").read_bytes() == before
+
+
+def test_two_models_with_one_row_keep_their_own_ranks_and_are_not_recorded_together(project: Path) -> None:
+    """Two models whose registry entries declare the same row: the results directory keeps both models' ranks
+    (the second used to overwrite the first), and recording both into one row is refused."""
+    from dataclasses import replace
+
+    from cxr_robust.gate import BaselineUpdateRefused
+    from cxr_robust.models.registry import _REGISTRY, get_spec, register
+
+    register(replace(get_spec("phantom-clip"), name="phantom-clip-twin"))
+    try:
+        options = GateOptions(models=("phantom-clip", "phantom-clip-twin"), cache_dir=str(project / "cache"),
+                              summaries=False, report_dir=str(project / "twin-out"), **GRID)
+        session = GateSession(options, rootdir=project)
+        for model in options.models:
+            assert session.run(model).error is None
+        written = session.save_ranks(project / "twin-out")
+        assert len({p.name for p in written}) == 2, written
+        assert {json.loads(str(np.load(p)["meta"])).get("model") for p in written} == set(options.models)
+        with pytest.raises(BaselineUpdateRefused, match="phantom-clip, phantom-clip-twin all record into the "
+                                                        "baseline row 'phantom-clip'"):
+            session.update_baselines()
+    finally:
+        _REGISTRY.pop("phantom-clip-twin", None)
