@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import errno
-import inspect
 import os
 import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cxr_robust.atomic import OutputError, atomic_write_text, check_writable_dir
 
@@ -39,7 +37,7 @@ else:  # pragma: no cover - Python 3.10 without tomli: pyproject.toml is then le
     except ImportError:
         tomllib = None  # type: ignore[assignment]
 
-__all__ = ["EPILOG", "FileOutcome", "ScaffoldResult", "cmd_init", "pytest_flag", "scaffold"]
+__all__ = ["EPILOG", "FileOutcome", "ScaffoldResult", "cmd_init", "commands", "scaffold"]
 
 MODEL_TARGET = "my_model:build"
 """The ad-hoc model the scaffolded table names (module ``my_model`` in the project folder)."""
@@ -367,55 +365,13 @@ def scaffold(root: str | Path = ".") -> ScaffoldResult:
 
 
 # ----- next steps ---------------------------------------------------------------------------------------------
-def plugin_flags() -> set[str]:
-    """The long flags the installed cxr-robust pytest plugin declares, read from its ``pytest_addoption``.
-
-    While old spellings (``--phantom-studies``) give way to prefixed ones (``--cxr-phantom-studies``), the
-    next steps must name flags that this installation accepts. Empty when the hook cannot be read.
-    """
-    try:
-        from cxr_robust import plugin
-    except ImportError:  # pytest is not installed here: the documented spellings
-        return set()
-
-    seen: set[str] = set()
-
-    class _Recorder:
-        """Stands in for pytest's parser and option group: records the flags, ignores the rest."""
-
-        def getgroup(self, *args: Any, **kwargs: Any) -> "_Recorder":
-            return self
-
-        def addoption(self, *names: str, **kwargs: Any) -> None:
-            seen.update(n for n in names if n.startswith("--"))
-
-        _addoption = addoption
-
-        def addini(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    hook = plugin.pytest_addoption
-    params = inspect.signature(hook).parameters
-    try:
-        hook(**{k: v for k, v in {"parser": _Recorder(), "pluginmanager": None}.items() if k in params})
-    except Exception:  # noqa: BLE001 - a hook that needs real pytest objects: assume the documented names
-        return set()
-    return seen
-
-
-def pytest_flag(name: str, flags: set[str] | None = None) -> str:
-    """``--cxr-<name>`` when the plugin declares it (or cannot be asked), else the old ``--<name>``."""
-    flags = plugin_flags() if flags is None else flags
-    prefixed = f"--cxr-{name}"
-    return prefixed if not flags or prefixed in flags or f"--{name}" not in flags else f"--{name}"
-
-
 def commands() -> dict[str, list[str]]:
-    """The next steps' commands as argv lists, run from the project folder, with flags this plugin accepts."""
-    flags = plugin_flags()
-    demo = ["pytest", "-m", "robustness", "--cxr-models=phantom-clip",
-            f"{pytest_flag('phantom-studies', flags)}=60", "--cxr-ratios=0,25", "--cxr-ks=5,10"]
-    record = pytest_flag("update-baselines", flags)
+    """The next steps' commands as argv lists, run from the project folder (flags from :mod:`cxr_robust.options`)."""
+    from cxr_robust.options import by_field
+
+    demo = ["pytest", "-m", "robustness", f"{by_field('models').flag}=phantom-clip",
+            f"{by_field('phantom_studies').flag}=60", f"{by_field('ratios').flag}=0,25", f"{by_field('ks').flag}=5,10"]
+    record = by_field("update_baselines").flag
     return {"demo": demo, "demo_record": [*demo, record], "check_data": ["cxr-robust", "check-data"],
             "record": ["pytest", "-m", "robustness", record], "gate": ["pytest", "-m", "robustness"]}
 

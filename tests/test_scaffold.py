@@ -150,18 +150,13 @@ def test_a_file_that_appears_during_the_write_is_not_overwritten(tmp_path: Path,
     assert not list(tmp_path.glob(".my_model.py.*"))
 
 
-@pytest.mark.parametrize("flags, want", [
-    ({"--cxr-phantom-studies", "--phantom-studies"}, "--cxr-phantom-studies"),
-    ({"--phantom-studies"}, "--phantom-studies"),  # a plugin from before the --cxr- prefix
-    (set(), "--cxr-phantom-studies"),  # the plugin could not be asked: the documented spelling
-])
-def test_next_steps_name_flags_the_installed_plugin_accepts(flags: set[str], want: str) -> None:
-    assert scaffold.pytest_flag("phantom-studies", flags) == want
+def test_next_steps_name_the_declared_pytest_flags() -> None:
+    from cxr_robust.options import for_front_end
 
-
-def test_the_installed_plugin_is_asked_for_its_flags() -> None:
-    flags = scaffold.plugin_flags()
-    assert "--cxr-models" in flags and "--cxr-ks" in flags
+    pytest_flags = {o.flag for o in for_front_end("pytest")}
+    for argv in scaffold.commands().values():
+        assert all(a.split("=")[0] in pytest_flags for a in argv if a.startswith("--")), argv
+    assert "--cxr-phantom-studies=60" in scaffold.commands()["demo"]
 
 
 def test_scaffolded_default_gate_fails_loudly_until_the_model_is_filled_in(

@@ -14,7 +14,6 @@ from PIL import Image
 from cxr_robust.cli import EXIT_OK, EXIT_USAGE, main
 from cxr_robust.config import build_gate_options
 from cxr_robust.gate import GateOptions, GateUsageError
-from cxr_robust.scaffold import pytest_flag
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.usefixtures("clean_cxr_env")  # tests/conftest.py
@@ -97,7 +96,7 @@ def test_pytest_on_a_small_phantom_set_stops_before_any_work(pytester: pytest.Py
     pytester.makepyprojecttoml('[project]\nname = "user-project"\n')
     pytester.makepyfile(test_gate="def test_gate(gate_cell):\n    gate_cell.check_chance()\n")
     res = pytester.runpytest("-m", "robustness", "--cxr-models=phantom-clip",
-                             f"{pytest_flag('phantom-studies')}=40", "-p", "no:cacheprovider")
+                             "--cxr-phantom-studies=40", "-p", "no:cacheprovider")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*--cxr-ks 50,100: dataset phantom-eval-s0-n40 has only 40 reports*drop k = 50, 100 "
                               "and pass --cxr-ks=5,10,20,30 *"])
