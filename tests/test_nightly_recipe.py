@@ -383,7 +383,8 @@ def test_show_step_runs(setup: Setup) -> None:
     out = [run(expand(c, env), setup.base, env) for c in cmds]
     for res in out:
         assert res.returncode == 0, tail(res)
-    assert re.search(r"^clip\s.*found: .*ViT-B-32\.pt", out[0].stdout, re.M), out[0].stdout
+    # one short row per model, the path on the indented line below it
+    assert re.search(r"^clip\s.*\bfound\s*\n\s+\S*ViT-B-32\.pt", out[0].stdout, re.M), out[0].stdout
     assert f"evaluation set: {N_STUDIES} studies / {N_STUDIES} images" in out[1].stdout, out[1].stdout
 
 

@@ -176,5 +176,5 @@ def test_find_reference_ranks(tmp_path) -> None:
     assert find_reference_ranks(path, "x", "y", 0) == path
     assert find_reference_ranks(tmp_path, "phantom-clip", "phantom-eval-s0", 0) == path
     assert find_reference_ranks(tmp_path, "phantom-clip", "phantom-eval-s0", 3) == path  # only other seed
-    with pytest.raises(FileNotFoundError, match="--update-baselines"):
+    with pytest.raises(FileNotFoundError, match="--cxr-update-baselines"):
         find_reference_ranks(tmp_path, "clip", "phantom-eval-s0", 0)
