@@ -120,6 +120,26 @@ def _weights(value: Any, where: str, base_dir: Path | None, label: str = "weight
     return {str(name): _path(path, f"weights.{name}", where, base_dir) for name, path in pairs}
 
 
+def _model_options(value: Any, where: str, label: str) -> dict[str, dict[str, Any]]:
+    """``{model: {key: value}}`` from a TOML table of tables, or from ``MODEL:KEY=VALUE`` strings."""
+    from cxr_robust.models.options import parse_item
+
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(value, Mapping):
+        for model, table in value.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{where}: {label}.{model} must be a table of KEY = VALUE, got {table!r}")
+            out[str(model)] = {str(k): v for k, v in table.items()}
+        return out
+    for item in _items(value, label, where):
+        try:
+            model, key, parsed = parse_item(str(item))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {label} {exc}") from None
+        out.setdefault(model, {})[key] = parsed
+    return out
+
+
 def _check_min(value: int, key: str, label: str, where: str) -> int:
     """``value`` if it is at least ``key``'s declared minimum, else a ConfigError naming ``label``."""
     low = by_field(key).minimum
@@ -224,6 +244,8 @@ def _parse_value(key: str, value: Any, where: str, base_dir: Path | None, label:
         return _bool(value, label, where)
     if kind == "weights":
         return _weights(value, where, base_dir, label)
+    if kind == "model_options":
+        return _model_options(value, where, label)
     if kind == "paths":
         return tuple(_path(v, label, where, base_dir) for v in _items(value, label, where))
     if kind == "path":
@@ -304,6 +326,10 @@ def merge_options(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> "GateO
                 continue
             if key == "weights":
                 merged["weights"] = {**merged.get("weights", {}), **value}
+            elif key == "model_options":  # per model, then per key: a command line changes one key only
+                previous = merged.get("model_options", {})
+                merged["model_options"] = {m: {**previous.get(m, {}), **value.get(m, {})}
+                                           for m in {**previous, **value}}
             else:
                 merged[key] = value
     try:

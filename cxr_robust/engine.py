@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS, __version__
-from cxr_robust.cache import EmbeddingCache
+from cxr_robust.cache import EmbeddingCache, key_digest
 from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_DECODED_BYTES, MAX_PIXELS, BadImageError
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.text_policy import TextPolicy
@@ -42,6 +42,10 @@ class NonFiniteEmbeddingError(FloatingPointError):
     """A model produced NaN or Inf embeddings."""
 
 
+ENGINES = ("local", "ray")
+"""Where a sweep's image passes run (:attr:`SweepConfig.engine`)."""
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """What a sweep measures and how. ``device=None`` picks CUDA when present."""
@@ -59,7 +63,14 @@ class SweepConfig:
     text_policy: TextPolicy | None = None
     tie_policy: str = "expected"
     decode_workers: int = 0
-    draft_decode: bool = True
+    draft_decode: bool = False
+    """``False`` (default): JPEGs are decoded in full, so the pixels equal the authors' pipelines (the faithful
+    path, needed to compare with a published table). ``True``: JPEG draft decoding at the smallest scale covering
+    the model's input, faster but it moves embeddings by up to ~5e-3 (docs/models.md, "Decoding")."""
+    engine: str = "local"
+    """``local``: this process. ``ray``: Ray Data workers (``pip install 'cxr-robust[ray]'``; :mod:`cxr_robust.ray_engine`)."""
+    ray_address: str | None = None
+    """The Ray cluster to join with ``engine="ray"`` (``None``: ``$RAY_ADDRESS``, else a local Ray started on demand)."""
     cache_images: bool = True
     progress: bool | None = None
     on_bad_image: str = "error"
@@ -69,6 +80,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_on_bad("on_bad_image", self.on_bad_image)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
         conditions = tuple(as_condition(c) for c in (self.conditions or self.ratios))
         for c in conditions:
             c.spec().check_severity(c.severity)  # an unknown name or a bad severity fails here, naming it
@@ -189,13 +202,13 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool | None) -> Any
 
 
 def preprocess_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0,
-                      progress: bool | None = None, draft: bool = True,
+                      progress: bool | None = None, draft: bool = False,
                       indices: Sequence[int] | None = None) -> "torch.Tensor":
     """Decode and geometrically preprocess every image (or those of ``indices``) once: ``uint8 (M, C, S, S)``.
 
-    Decoding runs in a thread pool (PIL releases the GIL while decoding); JPEGs are decoded in draft mode
-    at the smallest scale that still covers the model's ``decode_size`` (``draft=False`` decodes in full, for
-    bit-faithful reproduction of an author's pipeline at the cost of decode time). An unusable image raises
+    Decoding runs in a thread pool (PIL releases the GIL while decoding). JPEGs are decoded in full, as the
+    authors' pipelines do; ``draft=True`` decodes them at the smallest scale that still covers the model's
+    ``decode_size`` (faster, not bit-faithful). An unusable image raises
     :class:`BadImageError` naming the first one and how many more there are.
     """
     import torch
@@ -213,7 +226,7 @@ def preprocess_images(data: RetrievalSet, model: "RetrievalModel", workers: int 
 
 
 def decode_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0, progress: bool | None = None,
-                  draft: bool = True, indices: Sequence[int] | None = None
+                  draft: bool = False, indices: Sequence[int] | None = None
                   ) -> tuple[list[np.ndarray], dict[int, BadImageError]]:
     """Preprocessed pixels of the usable images among ``indices`` (in order) and the errors of the others."""
     order = list(range(data.num_images)) if indices is None else [int(i) for i in indices]
@@ -229,6 +242,72 @@ def decode_images(data: RetrievalSet, model: "RetrievalModel", workers: int = 0,
         out = list(_progress(pool.map(one, order), len(order), f"{model.name}: decode", progress))
     errors = {i: r for i, r in zip(order, out) if isinstance(r, BadImageError)}
     return [r for r in out if not isinstance(r, BadImageError)], errors
+
+
+@dataclass(frozen=True)
+class ImagePass:
+    """One condition's image pass: embed the query images ``queries`` (dataset indices, in row order) at ``condition``.
+
+    Everything an engine needs; ``digest`` names the cache entry the result will be stored under (an engine may
+    keep partial results under it so an interrupted pass resumes), ``None`` when images are not cached.
+    """
+
+    model: "RetrievalModel"
+    data: RetrievalSet
+    queries: np.ndarray
+    query_ids: list[str]
+    condition: Condition
+    config: SweepConfig
+    device: str
+    digest: str | None = None
+
+
+class SharedPixels:
+    """Decoded, geometrically preprocessed pixels shared by the sweeps of one process.
+
+    Models with the same geometry (equal :meth:`~cxr_robust.models.base.RetrievalModel.preprocess_key`) on the
+    same images decode them once: checkpoints of one architecture along a training run, MedCLIP's two
+    encoders, CXR-CLIP's two. The oldest entries are dropped beyond ``max_bytes``. Because a wrong key would
+    silently feed one model another's pixels, a reused entry is spot-checked: its first image is preprocessed
+    again by the asking model and must be identical, else the entry is rebuilt.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple[Any, ...], "torch.Tensor"] = {}
+        self.hits = 0
+
+    def get(self, data: RetrievalSet, model: "RetrievalModel", config: SweepConfig,
+            indices: Sequence[int] | None) -> "torch.Tensor":
+        """``uint8 (M, C, S, S)`` pixels of the images ``indices`` (all when ``None``) as ``model`` sees them."""
+        order = tuple(range(data.num_images)) if indices is None else tuple(int(i) for i in indices)
+        key = (data.name, data.image_fingerprint(), type(model).__qualname__, model.preprocess_key(),
+               config.draft_decode, model.decode_size, hashlib.sha256(np.asarray(order).tobytes()).hexdigest())
+        pixels = self._entries.pop(key, None)
+        if pixels is not None:
+            first = data.open_image(order[0], draft_size=model.decode_size if config.draft_decode else None)
+            if np.array_equal(model.preprocess(first), pixels[0].numpy()):
+                self.hits += 1
+            else:
+                log.warning("model %r: pixels shared under preprocess key %r differ from its own preprocessing; "
+                            "decoding again (give the model a preprocess_key that names its geometry)",
+                            model.name, model.preprocess_key())
+                pixels = None
+        if pixels is None:
+            pixels = preprocess_images(data, model, config.decode_workers, config.progress, config.draft_decode,
+                                       indices)
+        self._entries[key] = pixels  # most recently used last
+        while sum(p.numel() for p in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
+            del self._entries[next(iter(self._entries))]
+        return pixels
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+
+
+SHARED_PIXELS = SharedPixels()
+"""The process's pixel store, used by :func:`run_sweep` unless it is given another one."""
 
 
 def encode_texts(model: "RetrievalModel", texts: list[str], study_ids: list[str], batch_size: int,
@@ -295,7 +374,7 @@ def _versions() -> dict[str, str]:
 def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig = SweepConfig(),
               cache: EmbeddingCache | None = None,
               on_condition: Callable[[Condition, RankCounts], None] | None = None,
-              code_modules: Sequence[str] = ()) -> SweepResult:
+              code_modules: Sequence[str] = (), shared_pixels: SharedPixels | None = None) -> SweepResult:
     """Measure Recall@k of ``model`` on ``data`` at every condition of ``config``.
 
     Text embeddings (and, with ``config.cache_images``, perturbed-image embeddings) are read from ``cache``
@@ -391,14 +470,18 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             counts[condition] = clean_counts
             continue
 
-        def compute_images(condition: Condition = condition) -> np.ndarray:
+        def compute_images(condition: Condition = condition, digest: str | None = None) -> np.ndarray:
             nonlocal pixels
+            encoded["images"] += len(query_ids)
+            if config.engine == "ray":  # decoding, perturbing and encoding all run on the Ray workers
+                from cxr_robust.ray_engine import embed_pass
+
+                return embed_pass(ImagePass(model, data, queries, query_ids, condition, config, device, digest),
+                                  cache, contract)
             if pixels is None:
                 t_dec = time.perf_counter()
-                pixels = preprocess_images(data, model, config.decode_workers, config.progress,
-                                           config.draft_decode, queries if skipped_ids else None)
+                pixels = (shared_pixels or SHARED_PIXELS).get(data, model, config, queries if skipped_ids else None)
                 timings["decode_s"] = time.perf_counter() - t_dec
-            encoded["images"] += len(query_ids)
             return encode_perturbed(model, pixels, query_ids, condition, config, device, contract)
 
         if config.cache_images:
@@ -410,7 +493,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
                          "device_kind": device.split(":")[0], "precision": config.precision}
             if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
                 image_key["skipped"] = hashlib.sha256("\0".join(skipped_ids).encode()).hexdigest()
-            image_emb, _ = cache.get_or_compute("image", image_key, compute_images)
+            image_emb, _ = cache.get_or_compute(
+                "image", image_key, lambda condition=condition, key=image_key: compute_images(condition, key_digest(key)))
         else:
             image_emb = compute_images()
         counts[condition] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, query_study)
@@ -431,7 +515,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
         "credentialed": data.credentialed, "device": device, "precision": config.precision, "seed": config.seed,
         "conditions": [c.key for c in config.conditions],
-        "batch_size": config.batch_size, "draft_decode": config.draft_decode, "text_policy": policy.value,
+        "batch_size": config.batch_size, "draft_decode": config.draft_decode, "engine": config.engine,
+        "text_policy": policy.value,
         "tie_policy": config.tie_policy, "on_bad_image": config.on_bad_image,
         "skipped_images": skipped, "skipped_image_ids": skipped_ids,
         "studies_without_queries": int(data.num_studies - len(np.unique(query_study))),

@@ -16,6 +16,7 @@ from cxr_robust import PAPER_KS, PAPER_RATIOS, verdicts
 from cxr_robust.baselines import BaselineCell, BaselineError, BaselineTable, write_table
 from cxr_robust.data.retrieval_set import check_on_bad
 from cxr_robust.models import DEMO_MODEL, PAPER_MODELS, get_spec
+from cxr_robust.models.options import check_model_options
 from cxr_robust.perturbations import (DEFAULT_PERTURBATIONS, Condition, as_condition, conditions_for,
                                       parse_perturbations, parse_severities)
 from cxr_robust.precision import check_precision
@@ -51,8 +52,14 @@ class GateOptions:
     weights: dict[str, str] = field(default_factory=dict)
     weights_dir: str | None = None
     bert_vocab: str | None = None
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword options of a model's factory, per model: ``{"cxr-clip-swint": {"pre_resize": None}}``."""
     device: str | None = None
     precision: str = "fp32"
+    draft_decode: bool = False
+    """JPEG draft decoding: faster, but not the authors' pipelines (docs/models.md, "Decoding")."""
+    engine: str = "local"
+    ray_address: str | None = None
     perturbations: tuple[str, ...] = DEFAULT_PERTURBATIONS
     """Registered perturbation names (``all``: every one); the default is the paper's occlusion grid."""
     severities: str | None = None
@@ -83,6 +90,12 @@ class GateOptions:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         check_on_bad("on_bad_image", self.on_bad_image)  # here too, so a typo fails before any loading
         check_precision(self.precision)
+        from cxr_robust.engine import ENGINES  # numpy only at import; torch is deferred inside the engine
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        for model, model_options in self.model_options.items():  # a typo must not be silently ignored
+            check_model_options(model, model_options)
         if self.text_policy is not None:  # every front end, and GateOptions built in code, get the same check
             from cxr_robust.data.text_policy import TextPolicy
 
@@ -294,10 +307,12 @@ class GateSession:
             data = self.dataset()
             spec = get_spec(model)
             net = load_model(model, weights=o.weights.get(model), weights_dir=o.weights_dir,
-                             **({"bert_vocab": o.bert_vocab} if spec.needs_bert_vocab else {}))
+                             **({"bert_vocab": o.bert_vocab} if spec.needs_bert_vocab else {}),
+                             **check_model_options(model, o.model_options.get(model, {})))
             config = SweepConfig(conditions=o.conditions(), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
                                  device=o.device, precision=o.precision, text_policy=o.text_policy,
-                                 on_bad_image=o.on_bad_image)
+                                 on_bad_image=o.on_bad_image, draft_decode=o.draft_decode, engine=o.engine,
+                                 ray_address=o.ray_address)
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
                      data.num_images, data.num_studies)
             cache = EmbeddingCache(o.cache_dir, refresh=o.refresh_cache)

@@ -28,7 +28,7 @@ FRONT_ENDS = ("pytest", "ini", "cli", "pyproject", "env")
 """Where an option can be set: pytest flag, pytest ini key, ``cxr-robust run`` flag, pyproject key, env var."""
 _EVERYWHERE = frozenset(FRONT_ENDS) - {"env"}
 
-KINDS = ("str", "choice", "path", "paths", "int", "bool", "names", "percent", "ks", "alpha", "weights",
+KINDS = ("str", "choice", "path", "paths", "int", "bool", "names", "percent", "ks", "alpha", "weights", "model_options",
          "perturbations", "severities", "text_policy")
 """How :mod:`cxr_robust.config` reads a value (see ``config._parse_value``)."""
 
@@ -104,7 +104,7 @@ class Option:
         """Keyword arguments for ``add_argument``/``addoption`` besides the flags, dest and help."""
         if self.is_flag:
             return {"action": "store_true", "default": None}
-        if self.kind == "weights":
+        if self.kind in ("weights", "model_options"):  # repeatable: one model per occurrence
             return {"action": "append", "default": None, "metavar": self.metavar}
         kwargs: dict[str, Any] = {"default": None, "metavar": self.metavar}
         if self.choices and self.kind == "choice":
@@ -174,6 +174,9 @@ OPTIONS: tuple[Option, ...] = (
            legacy=True),
     Option("bert_vocab", "path", "Bio_ClinicalBERT's vocab.txt or its folder", metavar="PATH", env=True,
            legacy=True),
+    Option("model_options", "model_options", "an option of one model's factory (repeatable), e.g. "
+           "cxr-clip-swint:pre_resize=none; `cxr-robust models` lists them", metavar="MODEL:KEY=VALUE",
+           name="model-option", short="--model-option"),
     Option("text_policy", "text_policy", "override every model's report text: findings+impression (spelled with "
            "a plus), impression or longest", metavar="POLICY",
            choices=("findings+impression", "impression", "longest"), default="each model's own"),
@@ -191,6 +194,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", "str", "cpu, cuda, cuda:1 ...", metavar="DEV", env=True, default="cuda when present"),
     Option("precision", "choice", "encoder precision: fp32, or fp16/bf16 autocast (check rank agreement "
            "first: benchmarks/precision_agreement.py)", metavar="P", choices=("fp32", "fp16", "bf16")),
+    Option("draft_decode", "bool", "decode JPEGs in draft mode at the model's input scale: faster, but not the "
+           "authors' pipelines (moves embeddings by up to ~5e-3; docs/models.md)"),
+    Option("engine", "choice", "where images are decoded, perturbed and encoded: local (this process) or ray "
+           "(Ray Data workers; pip install 'cxr-robust[ray]')", metavar="ENGINE", choices=("local", "ray")),
+    Option("ray_address", "str", "the Ray cluster to join with --cxr-engine=ray", metavar="ADDR",
+           default="$RAY_ADDRESS, else a local Ray"),
     Option("batch_size", "int", "images/texts per forward pass (raise it on a GPU)", metavar="N", minimum=1),
     Option("cache_dir", "path", "embedding cache", metavar="DIR", env=True, default="~/.cache/cxr_robust"),
     Option("on_bad_image", "choice", "error: an unreadable image stops the run; skip: leave it out, counted "
