@@ -401,3 +401,53 @@ def splice_after_proto(data: bytes, opcodes: bytes) -> bytes:
     if data[:1] != b"\x80":
         raise ValueError("not a protocol 2+ pickle")
     return data[:2] + opcodes + data[2:]
+
+
+PAPER_ARCHITECTURES = ("clip", "cxr-repair", "medclip-vit", "medclip-resnet", "cxr-clip-swint", "cxr-clip-r50")
+"""Registered models :func:`build_paper_model` can build with random weights."""
+
+
+def build_paper_model(name: str, directory: Path, seed: int = 7, **options: Any) -> Any:
+    """Registered model ``name`` loaded through the registry from random weights written in its published format.
+
+    The checkpoint (and, for the BERT models, a synthetic vocabulary) is written under ``directory``;
+    ``options`` are the model's factory options (e.g. CXR-CLIP's ``pre_resize``). Used by tests and benchmarks
+    that need each paper architecture without its real weights; the per-model tests build their own, keeping
+    the in-memory reference they compare against.
+    """
+    from cxr_robust.models import load_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if name in ("clip", "cxr-repair"):
+        from cxr_robust.models.clip_family import build_vit_b32_quickgelu
+
+        state = round_to_half_(randomise_(build_vit_b32_quickgelu(), seed=seed)).state_dict()
+        if name == "clip":
+            weights = write_openai_torchscript(state, directory / "ViT-B-32.pt")
+        else:  # CXR-RePaiR: torch.save of a CUDA fp16 state dict, no prefix
+            weights = directory / "clip-imp-pretrained_128_6_after_4.pt"
+            torch.save({k: (v.half() if v.ndim == 2 else v) for k, v in state.items()}, weights)
+        return load_model(name, weights=weights, **options)
+    vocab = write_vocab(directory)
+    if name.startswith("medclip-"):
+        from cxr_robust.models.medclip import MedClipModel
+
+        variant = name.split("-", 1)[1]
+        half = ("vision_model.projection_head.", "text_model.projection_head.")
+        ref = round_to_half_(randomise_(MedClipModel(variant), seed=seed), half)
+        official = official_hf_state(ref, swin_prefix="vision_model.model." if variant == "vit" else None,
+                                     bert_prefix="text_model.model.", half=half)
+        weights = directory / "pytorch_model.bin"
+        torch.save(official, weights)
+        return load_model(name, weights=weights, bert_vocab=vocab, **options)
+    if name.startswith("cxr-clip-"):
+        from cxr_robust.models.cxrclip import CxrClipModel
+
+        variant = name.split("-", 2)[2]
+        ref = round_to_half_(randomise_(CxrClipModel(variant), seed=seed), ("text_projection.",))
+        official = official_hf_state(ref, swin_prefix="image_encoder.image_encoder." if variant == "swint" else None,
+                                     bert_prefix="text_encoder.text_encoder.", half=("text_projection.",))
+        weights = write_cxrclip_tar(official, directory / f"{variant}_mc.tar", config=cxrclip_config(variant))
+        return load_model(name, weights=weights, bert_vocab=vocab, **options)
+    raise ValueError(f"no random-weight builder for {name!r}; one of {', '.join(PAPER_ARCHITECTURES)}")

@@ -17,6 +17,8 @@ from cxr_robust.models.checkpoints import CheckpointError
 from cxr_robust.models.demo import WEIGHTS_FILE, load_phantom_clip, weights_metadata
 from cxr_robust.train_demo import encode_text_trimmed, main as train_main
 
+from tests.fidelity import gate_vs_exact
+
 
 def test_shipped_weights_are_small_and_documented() -> None:
     assert WEIGHTS_FILE.stat().st_size <= 20 * 1024 * 1024
@@ -60,3 +62,10 @@ def test_training_script_smoke_run(tmp_path: Path) -> None:
     assert weights_metadata(out)["recipe"]["steps"] == 2
     reloaded = load_phantom_clip(out)
     assert np.isfinite(reloaded.encode_texts(["No effusion."]).numpy()).all()
+
+
+def test_the_gate_default_path_embeds_exactly_what_the_adapter_does(tmp_path: Path) -> None:
+    """Full JPEG decoding by default; ``--cxr-draft-decode`` is the measured, inexact speed option (issue 19)."""
+    model = load_model("phantom-clip")
+    assert gate_vs_exact(model, tmp_path / "default", "phantom-clip") <= 1e-6
+    assert gate_vs_exact(model, tmp_path / "draft", "phantom-clip", draft_decode=True) > 1e-3

@@ -20,6 +20,7 @@ from cxr_robust.models.clip_family import build_vit_b32_quickgelu, chexzero_lett
 from cxr_robust.models.openclip import OPENAI_MEAN, OPENAI_STD
 
 from tests import model_fixtures as mf
+from tests.fidelity import gate_vs_exact
 
 TEXTS = ["No acute cardiopulmonary process.", "Heart size is normal. Small left pleural effusion.", ""]
 
@@ -234,3 +235,13 @@ def test_text_embeddings_are_batch_independent(clip: Any) -> None:
         alone = clip.encode_texts([TEXTS[1]])
         batched = clip.encode_texts(["word " * 100, TEXTS[1]])
     torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["clip", "cxr-repair"])
+def test_the_gate_default_path_embeds_exactly_what_the_adapter_does(which: str, clip: Any, repair: Any,
+                                                                    tmp_path: Path) -> None:
+    """The gate's default options decode JPEGs in full, so its embeddings are the exact path's (issue 19)."""
+    adapter = clip if which == "clip" else repair
+    assert gate_vs_exact(adapter, tmp_path / "default") <= 1e-6
+    # The speed option is not exact; this is also what the old default (draft decoding) would have failed.
+    assert gate_vs_exact(adapter, tmp_path / "draft", draft_decode=True) > 1e-4

@@ -25,6 +25,7 @@ from cxr_robust.models.cxrclip import (
 )
 
 from tests import model_fixtures as mf
+from tests.fidelity import gate_vs_exact
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*entries, not Bio_ClinicalBERT:UserWarning")
 
@@ -217,3 +218,21 @@ def test_per_backbone_normalisation(case: dict[str, Any]) -> None:
     for c in range(3):
         expected = torch.tensor([(v / 255 - mean[c]) / std[c] for v in (0, 128, 255)])
         torch.testing.assert_close(got[0, c, 0], expected, atol=1e-6, rtol=0)
+
+
+def test_the_gate_default_path_embeds_exactly_what_the_adapter_does(case: dict[str, Any], tmp_path: Path) -> None:
+    """Default options: full JPEG decoding and the authors' 512 pre-resize, exactly as the adapter (issue 19)."""
+    assert gate_vs_exact(case["adapter"], tmp_path) <= 1e-6
+
+
+def test_the_pre_resize_option_reaches_the_model_from_the_gate(swint: dict[str, Any], vocab_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """``--cxr-model-option cxr-clip-swint:pre_resize=none`` builds the model without the 512 pre-resize.
+
+    Without it, the films' shorter sides (1,030-1,500 px) go straight to 224 and Swin-T's embeddings move by
+    ~1e-3 (random weights; the issue measured up to 7e-3 with the real ones).
+    """
+    plain = load_model("cxr-clip-swint", weights=swint["tar"], bert_vocab=vocab_dir, pre_resize=None)
+    options = {"bert_vocab": str(vocab_dir), "model_options": {"cxr-clip-swint": {"pre_resize": None}}}
+    assert gate_vs_exact(plain, tmp_path / "plain", "cxr-clip-swint", swint["tar"], **options) <= 1e-6
+    assert gate_vs_exact(swint["adapter"], tmp_path / "default", "cxr-clip-swint", swint["tar"], **options) > 1e-4

@@ -18,6 +18,7 @@ from cxr_robust.models.checkpoints import sha256_file
 from cxr_robust.models.medclip import MEDCLIP_MEAN, MEDCLIP_STD, MedClipModel, medclip_pad_resize
 
 from tests import model_fixtures as mf
+from tests.fidelity import gate_vs_exact
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*entries, not Bio_ClinicalBERT:UserWarning")
 
@@ -160,3 +161,8 @@ def test_single_channel_normalisation(case: dict[str, Any]) -> None:
     pixels = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 1, 1, 3)
     expected = torch.tensor([(v / 255 - 0.5862785803043838) / 0.27950088968644304 for v in (0, 128, 255)])
     torch.testing.assert_close(adapter.normalise(pixels)[0, 0, 0], expected, atol=1e-6, rtol=0)
+
+
+def test_the_gate_default_path_embeds_exactly_what_the_adapter_does(case: dict[str, Any], tmp_path: Path) -> None:
+    """The gate's default options decode JPEGs in full, so its embeddings are the exact path's (issue 19)."""
+    assert gate_vs_exact(case["adapter"], tmp_path) <= 1e-6
