@@ -611,7 +611,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in available():
         spec = get_spec(name)
         rows.append({"name": name, "baseline_row": spec.baseline_row, "text_policy": spec.default_text_policy.value,
-                     "description": spec.description, **weights_status(name, options)})
+                     "description": spec.description,
+                     "options": {**spec.options, **options.model_options.get(name, {})},
+                     **weights_status(name, options)})
     errors = list(dict.fromkeys(r["configuration_error"] for r in rows if r["configuration_error"]))
     if args.json:
         _say(json.dumps(rows, indent=1))
@@ -641,6 +643,10 @@ def _print_models(rows: list[dict[str, Any]]) -> None:
             _say(line)
         for detail in _model_details(r):
             for line in _wrapped(detail, width):
+                _say(line)
+        if r.get("options"):  # what --cxr-model-option can change, as this run would build the model
+            settings = ", ".join(f"{k}={'none' if v is None else v}" for k, v in r["options"].items())
+            for line in _wrapped(f"options: {settings} (--cxr-model-option {r['name']}:KEY=VALUE)", width):
                 _say(line)
     notes = []
     if any(r.get("vocab_missing") for r in rows):
@@ -892,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="registered models and whether their weights are found here",
                        epilog=_EPILOG_MODELS, formatter_class=fmt,
                        description="List registered models: baseline row, default text policy, weights.")
-    _add_gate_args(p, only={"weights", "weights_dir", "bert_vocab"})
+    _add_gate_args(p, only={"weights", "weights_dir", "bert_vocab", "model_options"})
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_project_args(p)
     p.set_defaults(func=cmd_models)

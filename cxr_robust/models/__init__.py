@@ -22,6 +22,10 @@ PAPER_MODELS: tuple[str, ...] = ("clip", "cxr-repair", "medclip-vit", "cxr-clip-
 
 DEMO_MODEL = "phantom-clip"
 
+CXRCLIP_PRE_RESIZE = 512
+"""CXR-CLIP's shorter side before its ``Resize(224)``: the authors resized their datasets so offline
+(docs/models.md, "Faithful by default"); a model option (``pre_resize``, ``None`` skips it)."""
+
 _BUILTINS = [
     ModelSpec(
         name=DEMO_MODEL,
@@ -80,6 +84,7 @@ _BUILTINS = [
         default_text_policy=TextPolicy.LONGEST,
         weight_files=("swint_mcc.tar", "swint_mc.tar", "swint_m.tar"),
         weights_env="CXR_ROBUST_CXR_CLIP_SWINT_WEIGHTS",
+        options={"pre_resize": CXRCLIP_PRE_RESIZE},
         source_url="https://twg.kakaocdn.net/brainrepo/models/cxr-clip/a25ce760064591c899f67c97ed7790de/swint_mcc.tar "
                    "(all six checkpoints: README table of https://github.com/Soombit-ai/cxr-clip)",
         needs_bert_vocab=True,
@@ -91,6 +96,7 @@ _BUILTINS = [
         default_text_policy=TextPolicy.LONGEST,
         weight_files=("r50_mcc.tar", "r50_mc.tar", "r50_m.tar"),
         weights_env="CXR_ROBUST_CXR_CLIP_R50_WEIGHTS",
+        options={"pre_resize": CXRCLIP_PRE_RESIZE},
         source_url="https://twg.kakaocdn.net/brainrepo/models/cxr-clip/de4b5e4ae2047c1fb7960ddcd8d861cb/r50_mcc.tar "
                    "(all six checkpoints: README table of https://github.com/Soombit-ai/cxr-clip)",
         needs_bert_vocab=True,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_robust.models import CXRCLIP_PRE_RESIZE
 from cxr_robust.models.bert import (
     BIO_CLINICAL_BERT_REPO,
     BertTowerAdapter,
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
 CXRCLIP_SIZE = 224
-CXRCLIP_PRE_RESIZE = 512
 CXRCLIP_MAX_LENGTH = 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -48,14 +48,18 @@ def parse_item(item: str) -> tuple[str, str, Any]:
 
 
 def accepted(model: str) -> dict[str, Any]:
-    """``{key: default}`` of the options ``model``'s factory takes (its keyword parameters, less :data:`RESERVED`)."""
+    """``{key: default}`` of the options ``model`` takes.
+
+    A registered model's declared :attr:`~cxr_robust.models.registry.ModelSpec.options` (no import needed);
+    otherwise its factory's named keyword parameters, less :data:`RESERVED`. A factory's ``**kwargs`` accept
+    nothing here: such a factory may drop a key silently, and an option that does nothing must not look set.
+    """
     spec = get_spec(model)
+    if spec.options:
+        return dict(spec.options)
     params = inspect.signature(resolve(spec.factory)).parameters.values()
-    out = {p.name: (spec.options.get(p.name, p.default) if p.default is not inspect.Parameter.empty else None)
-           for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in RESERVED}
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        out.setdefault("**", None)  # the factory takes any keyword: no key can be refused up front
-    return out
+    return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in RESERVED}
 
 
 def check_model_options(model: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -66,9 +70,9 @@ def check_model_options(model: str, options: dict[str, Any]) -> dict[str, Any]:
         known = accepted(model)
     except (UnknownModelError, ImportError) as exc:
         raise ModelOptionError(f"model option for {model!r}: {exc}") from None
-    unknown = sorted(k for k in options if (k not in known and "**" not in known) or k in RESERVED)
+    unknown = sorted(k for k in options if k not in known or k in RESERVED)
     if unknown:
-        offered = ", ".join(f"{k} (default {v!r})" for k, v in known.items() if k != "**") or "none"
+        offered = ", ".join(f"{k} (default {v!r})" for k, v in known.items()) or "none"
         raise ModelOptionError(f"model {model!r} has no option {', '.join(map(repr, unknown))}; its options: "
                                f"{offered} (--cxr-model-option {model}:KEY=VALUE)")
     return dict(options)
