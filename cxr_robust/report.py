@@ -862,7 +862,12 @@ def _weights_hashes(fingerprint: dict) -> dict:
 def _model_metadata(model: dict, credentialed: bool) -> str:
     meta = _dict(model.get("meta"))
     fingerprint = _dict(meta.get("model_fingerprint"))
+    draft = meta.get("draft_decode")
     facts = {"seed": meta.get("seed"), "device": meta.get("device"), "precision": meta.get("precision"),
+             "engine": meta.get("engine"),
+             # the speed option is named for what it gives up: a reader comparing with a paper must see it
+             "JPEG decoding": None if draft is None else
+             "draft (faster; not the authors' pipelines)" if draft else "full (the authors' pipelines)",
              "text policy": model.get("text_policy") or meta.get("text_policy"),
              "tie policy": meta.get("tie_policy"), "batch size": meta.get("batch_size"),
              "report texts encoded this run": meta.get("text_encodings"),
