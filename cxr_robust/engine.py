@@ -389,7 +389,12 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
 
     t_start = time.perf_counter()
     cache = cache or EmbeddingCache()
-    device = pick_device(config.device)
+    if config.engine == "ray":  # texts and scores here; images where Ray's workers are (that kind is in the key)
+        from cxr_robust.ray_engine import resolve_devices
+
+        device, image_device = resolve_devices(config)
+    else:
+        device = image_device = pick_device(config.device)
     model.to(device)
     for module in model.torch_modules():
         module.eval()
@@ -476,8 +481,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             if config.engine == "ray":  # decoding, perturbing and encoding all run on the Ray workers
                 from cxr_robust.ray_engine import embed_pass
 
-                return embed_pass(ImagePass(model, data, queries, query_ids, condition, config, device, digest),
-                                  cache, contract)
+                return embed_pass(ImagePass(model, data, queries, query_ids, condition, config, image_device,
+                                            digest), cache, contract)
             if pixels is None:
                 t_dec = time.perf_counter()
                 pixels = (shared_pixels or SHARED_PIXELS).get(data, model, config, queries if skipped_ids else None)
@@ -490,7 +495,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), **entry,
                          "seed": config.seed, "draft": config.draft_decode,
                          "decode_size": model.decode_size, "versions": {**lib, "pillow": versions.get("pillow")},
-                         "device_kind": device.split(":")[0], "precision": config.precision}
+                         "device_kind": image_device.split(":")[0], "precision": config.precision}
             if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
                 image_key["skipped"] = hashlib.sha256("\0".join(skipped_ids).encode()).hexdigest()
             image_emb, _ = cache.get_or_compute(
