@@ -106,17 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=2458)
     p.add_argument("--arch-images", type=int, default=32, help="images per architecture for the embedding shifts")
     p.add_argument("--skip-architectures", action="store_true")
+    p.add_argument("--skip-demo", action="store_true", help="only the architectures' shifts (on --arch-images studies)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"studies": args.studies, "jpeg_size": [args.width, args.height]}
+    result: dict[str, Any] = {"studies": args.arch_images if args.skip_demo else args.studies,
+                              "jpeg_size": [args.width, args.height]}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         (tmp / "jpeg").mkdir()
-        data = as_jpeg_files(phantom(num_studies=args.studies), tmp / "jpeg", args.width, args.height)
+        studies = args.arch_images if args.skip_demo else args.studies
+        data = as_jpeg_files(phantom(num_studies=studies), tmp / "jpeg", args.width, args.height)
         result["images"] = data.num_images
-        result["demo"] = demo_effect(data, tmp)
-        print(json.dumps({"demo": result["demo"]}, indent=1), flush=True)
+        if not args.skip_demo:
+            result["demo"] = demo_effect(data, tmp)
+            print(json.dumps({"demo": result["demo"]}, indent=1), flush=True)
         if not args.skip_architectures:
             few = data.subset(range(min(args.arch_images, data.num_studies)))
             result["architectures"] = architecture_effect(few, tmp)
