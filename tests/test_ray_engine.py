@@ -48,13 +48,20 @@ BATCH = 10  # 42 phantom images: batches of 10, 10, 10, 10 and a ragged 2
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:
-    """A local Ray with 2 CPUs for the module, shut down at its end."""
+    """A local Ray with 2 CPUs for the module, shut down at its end.
+
+    The local engine runs here with 2 torch threads too: an actor uses the driver's thread count (bit-identical
+    results need it) and must fit on the 2 CPUs, whatever the machine has.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     if started:
         ray.shutdown()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
