@@ -68,6 +68,13 @@ class EmbeddingCache:
         """File of the entry for ``key`` (names hold only hashes, never data)."""
         return self.root / kind / f"{key_digest({'kind': kind, **key})[:40]}.npz"
 
+    def contains(self, kind: str, key: dict[str, Any]) -> bool:
+        """Whether a valid entry for ``key`` exists (never, under ``refresh``); it is not counted as a hit."""
+        if self.refresh:
+            return False
+        cached, _ = self._read(self.path_for(kind, key), {"kind": kind, **key})
+        return cached is not None
+
     def get_or_compute(self, kind: str, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
         """The cached array for ``key``, computing and storing it on a miss. Returns ``(array, was_hit)``.
 

@@ -469,20 +469,49 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     query_study = data.image_study[queries]
     counts: dict[float, RankCounts] = {}
     clean_counts: RankCounts | None = None  # every severity 0 is the same clean pass: encoded and scored once
+
+    def image_key(condition: Condition) -> dict[str, Any]:
+        """Everything that computes ``condition``'s image embeddings: the cache key."""
+        entry = CLEAN_CACHE_ENTRY if condition.is_clean else condition.spec().cache_entry(condition.severity)
+        key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), **entry,
+               "seed": config.seed, "draft": config.draft_decode,
+               "decode_size": model.decode_size, "versions": {**lib, "pillow": versions.get("pillow")},
+               "device_kind": image_device.split(":")[0], "precision": config.precision}
+        if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
+            key["skipped"] = hashlib.sha256("\0".join(skipped_ids).encode()).hexdigest()
+        return key
+
+    def job(condition: Condition) -> ImagePass:
+        digest = key_digest(image_key(condition)) if config.cache_images else None
+        return ImagePass(model, data, queries, query_ids, condition, config, image_device, digest)
+
+    # The ray engine runs every uncached condition of the sweep on one actor pool, each batch decoded once
+    # (one pool per condition would pay the workers' start-up, and decoding, once per condition).
+    from_ray: dict[Condition, np.ndarray] = {}
+    if config.engine == "ray":
+        from cxr_robust.ray_engine import embed_passes
+
+        first_clean = [c for c in config.conditions if c.is_clean][:1]  # every clean condition: one pass
+        todo = [c for c in config.conditions if (not c.is_clean or c in first_clean)
+                and not (config.cache_images and cache.contains("image", image_key(c)))]
+        from_ray = dict(zip(todo, embed_passes([job(c) for c in todo], cache, contract)))
+
     for condition in config.conditions:
         t0 = time.perf_counter()
         if condition.is_clean and clean_counts is not None:
             counts[condition] = clean_counts
             continue
 
-        def compute_images(condition: Condition = condition, digest: str | None = None) -> np.ndarray:
+        def compute_images(condition: Condition = condition) -> np.ndarray:
             nonlocal pixels
             encoded["images"] += len(query_ids)
-            if config.engine == "ray":  # decoding, perturbing and encoding all run on the Ray workers
-                from cxr_robust.ray_engine import embed_pass
+            if config.engine == "ray":  # decoded, perturbed and encoded on the Ray workers above
+                done = from_ray.pop(condition, None)
+                if done is not None:
+                    return done
+                from cxr_robust.ray_engine import embed_pass  # its entry vanished meanwhile (another process)
 
-                return embed_pass(ImagePass(model, data, queries, query_ids, condition, config, image_device,
-                                            digest), cache, contract)
+                return embed_pass(job(condition), cache, contract)
             if pixels is None:
                 t_dec = time.perf_counter()
                 pixels = (shared_pixels or SHARED_PIXELS).get(data, model, config, queries if skipped_ids else None)
@@ -490,16 +519,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
             return encode_perturbed(model, pixels, query_ids, condition, config, device, contract)
 
         if config.cache_images:
-            spec = condition.spec()
-            entry = CLEAN_CACHE_ENTRY if condition.is_clean else spec.cache_entry(condition.severity)
-            image_key = {"model": fp, "images": image_fp, "preprocess": model.preprocess_key(), **entry,
-                         "seed": config.seed, "draft": config.draft_decode,
-                         "decode_size": model.decode_size, "versions": {**lib, "pillow": versions.get("pillow")},
-                         "device_kind": image_device.split(":")[0], "precision": config.precision}
-            if skipped_ids:  # fewer rows than the full set: never share an entry with a run that kept them
-                image_key["skipped"] = hashlib.sha256("\0".join(skipped_ids).encode()).hexdigest()
-            image_emb, _ = cache.get_or_compute(
-                "image", image_key, lambda condition=condition, key=image_key: compute_images(condition, key_digest(key)))
+            image_emb, _ = cache.get_or_compute("image", image_key(condition), compute_images)
         else:
             image_emb = compute_images()
         counts[condition] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, query_study)

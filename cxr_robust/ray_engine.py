@@ -1,16 +1,17 @@
-"""The ``ray`` engine: one condition's image pass on Ray Data workers (``--cxr-engine ray``).
+"""The ``ray`` engine: a sweep's image passes on Ray Data workers (``--cxr-engine ray``).
 
 How it works. :func:`~cxr_robust.engine.run_sweep` keeps everything but the image passes on the driver (report
-texts, the cache, scoring). For each condition it hands :func:`embed_pass` an
-:class:`~cxr_robust.engine.ImagePass`. The driver splits the M query rows into the local engine's batches,
-rows ``[s, s + batch_size)`` in order, and makes a Ray Data dataset with one descriptor
-``(batch, start, stop)`` per block. ``map_batches`` runs a stateful callable class on a fixed-size actor pool
-(``ActorPoolStrategy(size=workers)``, ``num_gpus=1`` per actor on CUDA). The model and the data set are
-put in the object store once per pass (``ray.put``). Each actor builds the model once. For every descriptor
-it decodes and preprocesses the batch's images, then perturbs and encodes them through the local engine's
-own :func:`~cxr_robust.engine.encode_perturbed` with ``batch_size = stop - start``, so the finiteness check
-and the unit-norm contract are the same. Rows stream back to the driver one image per row (batch index, row,
-image id, embedding) and are merged by batch index and row.
+texts, the cache, scoring). Before scoring, it hands :func:`embed_passes` one
+:class:`~cxr_robust.engine.ImagePass` per condition whose embeddings are not cached yet. The driver splits the
+M query rows into the local engine's batches, rows ``[s, s + batch_size)`` in order, and makes a Ray Data
+dataset with one descriptor ``(batch, start, stop, passes)`` per batch. ``map_batches`` runs a stateful
+callable class on one fixed-size actor pool for the whole sweep (``ActorPoolStrategy(size=workers)``,
+``num_gpus=1`` per actor on CUDA). The model and the data set are put in the object store once (``ray.put``).
+Each actor builds the model once. For every descriptor it decodes and preprocesses the batch's images once,
+then perturbs and encodes them at each of the descriptor's conditions through the local engine's own
+:func:`~cxr_robust.engine.encode_perturbed` with ``batch_size = stop - start``, so the finiteness check and
+the unit-norm contract are the same. Rows stream back to the driver one image per row (pass, batch index,
+row, image id, embedding) and are merged by pass, batch index and row.
 
 What is exact. Every Ray task encodes exactly the rows of one local batch, so every tensor an encoder sees is
 the one the local engine builds. The perturbation parameters depend only on (seed, image id, severity), so
@@ -42,13 +43,13 @@ Limits.
   That status is cached, so a rerun does not decode again.
 * A model that cannot be pickled cannot run here. :func:`embed_pass` names it and points to the local
   engine.
-* Each pass (each condition) starts its own actor pool: worker processes, their imports (torch, and
-  open_clip for the CLIP-family models) and the model. On 2 CPU cores that costs about 15 s per pass for the
-  demo model. Small sets are much faster on the local engine (``benchmarks/ray_scaling.py`` measures it).
+* Each sweep starts one actor pool: worker processes, their imports (torch, and open_clip for the
+  CLIP-family models) and the model. On 2 CPU cores that costs about 15 s for the demo model. Small sets
+  are much faster on the local engine (``benchmarks/ray_scaling.py`` measures it).
 * The driver merges every batch and writes its shard (with an fsync) one after another. At a few ms per
   batch, that limits a pass on a large cluster (the benchmark shows where).
 
-Workers per pass: one actor per GPU of the cluster. On CPU, one actor per ``threads`` CPUs, where
+Workers per sweep: one actor per GPU of the cluster. On CPU, one actor per ``threads`` CPUs, where
 ``threads`` is the driver's ``torch.get_num_threads()`` capped at the largest node. The environment variables
 ``CXR_ROBUST_RAY_WORKERS`` and ``CXR_ROBUST_RAY_THREADS`` (or :func:`embed_pass`'s arguments) override them.
 A thread count that differs from the local run's gives embeddings that are equal only to float tolerance.
@@ -185,13 +186,14 @@ def _read_shard(folder: Path, start: int, stop: int, ids: Sequence[str]) -> tupl
 
 # ----- the workers -----------------------------------------------------------------------------------------
 class BatchEncoder:
-    """The Ray Data actor: loads the model once, then decodes, perturbs and encodes one local batch per descriptor.
+    """The Ray Data actor: loads the model once; per descriptor it decodes one local batch once, then perturbs
+    and encodes it at each of the descriptor's conditions.
 
     ``refs`` holds the object-store references of the model and the data set. They are nested in a dict so
     that nobody resolves them before :meth:`__init__` does.
     """
 
-    def __init__(self, refs: dict[str, Any], queries: np.ndarray, query_ids: list[str], condition: Any,
+    def __init__(self, refs: dict[str, Any], queries: np.ndarray, query_ids: list[str], conditions: list[Any],
                  config: "SweepConfig", device: str, threads: int | None) -> None:
         import ray
         import torch
@@ -204,42 +206,45 @@ class BatchEncoder:
         for module in self.model.torch_modules():
             module.eval()
         self.queries, self.query_ids = queries, query_ids
-        self.condition, self.device = condition, device
+        self.conditions, self.device = conditions, device
         self.config = replace(config, progress=False)
 
     def __call__(self, descriptors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Embeddings of every row of every descriptor's batch, one output row per image."""
-        from cxr_robust.engine import encode_perturbed, preprocess_images
-
+        """Embeddings of every row of every descriptor's batch at each of its passes, one output row per image."""
         from cxr_robust.data.images import BadImageError
-        from cxr_robust.engine import NonFiniteEmbeddingError
+        from cxr_robust.engine import NonFiniteEmbeddingError, encode_perturbed, preprocess_images
 
-        cols: dict[str, list[Any]] = {"batch": [], "pos": [], "image_id": [], "emb": [], "not_unit": []}
-        for b, s, e in zip(descriptors["batch"], descriptors["start"], descriptors["stop"]):
+        cols: dict[str, list[Any]] = {"job": [], "batch": [], "pos": [], "image_id": [], "emb": [], "not_unit": []}
+        for b, s, e, jobs in zip(descriptors["batch"], descriptors["start"], descriptors["stop"],
+                                 descriptors["jobs"]):
             b, s, e = int(b), int(s), int(e)
             ids = self.query_ids[s:e]
-            contract: dict[str, int] = {}
             try:
+                # decoded once for all of this batch's conditions, as the local engine decodes once per sweep
                 pixels = preprocess_images(self.data, self.model, self.config.decode_workers, False,
                                            self.config.draft_decode, self.queries[s:e])
-                # One local batch exactly: the same rows, the same code path, the same checks.
-                emb = encode_perturbed(self.model, pixels, ids, self.condition,
-                                       replace(self.config, batch_size=e - s), self.device, contract)
+                for j in (int(x) for x in str(jobs).split(",")):
+                    contract: dict[str, int] = {}
+                    # One local batch exactly: the same rows, the same code path, the same checks.
+                    emb = encode_perturbed(self.model, pixels, ids, self.conditions[j],
+                                           replace(self.config, batch_size=e - s), self.device, contract)
+                    cols["job"] += [j] * (e - s)
+                    cols["batch"] += [b] * (e - s)
+                    cols["pos"] += list(range(s, e))
+                    cols["image_id"] += ids
+                    cols["emb"].append(emb)
+                    cols["not_unit"] += [contract.get("image", 0)] * (e - s)
             except (BadImageError, NonFiniteEmbeddingError) as exc:
                 raise _carry(exc) from exc
-            cols["batch"] += [b] * (e - s)
-            cols["pos"] += list(range(s, e))
-            cols["image_id"] += ids
-            cols["emb"].append(emb)
-            cols["not_unit"] += [contract.get("image", 0)] * (e - s)
-        return {"batch": np.asarray(cols["batch"], dtype=np.int64), "pos": np.asarray(cols["pos"], dtype=np.int64),
+        return {"job": np.asarray(cols["job"], dtype=np.int64), "batch": np.asarray(cols["batch"], dtype=np.int64),
+                "pos": np.asarray(cols["pos"], dtype=np.int64),
                 "image_id": np.asarray(cols["image_id"], dtype=object), "emb": np.concatenate(cols["emb"]),
                 "not_unit": np.asarray(cols["not_unit"], dtype=np.int64)}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How one pass runs on the cluster."""
+    """How a sweep's passes run on the cluster."""
 
     workers: int
     threads: int | None
@@ -281,7 +286,7 @@ def plan(ray: Any, device: str, workers: int | None = None, threads: int | None 
 
 
 def _put(ray: Any, job: "ImagePass") -> dict[str, Any]:
-    """Model and data set in the object store once per pass. A model that cannot be pickled is named."""
+    """Model and data set in the object store once per sweep. A model that cannot be pickled is named."""
     model = job.model
     where = getattr(model, "device", "cpu")
     if where != "cpu":  # workers without the driver's GPU must be able to unpickle the weights
@@ -309,11 +314,15 @@ def _reason(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {first[0] if first else ''}"
 
 
-def _dispatch(ray: Any, job: "ImagePass", batches: list[tuple[int, int, int]], refs: dict[str, Any],
+Descriptor = tuple[int, int, int, tuple[int, ...]]
+"""``(batch, start, stop, jobs)``: rows ``[start, stop)`` of the queries, to embed at each pass of ``jobs``."""
+
+
+def _dispatch(ray: Any, jobs: Sequence["ImagePass"], descriptors: list[Descriptor], refs: dict[str, Any],
               how: Plan) -> Iterator[dict[str, np.ndarray]]:
-    """Run the descriptors ``batches`` ``(batch, start, stop)`` on the actor pool; yield the output blocks as
-    they arrive (in no particular order)."""
-    items = [{"batch": b, "start": s, "stop": e} for b, s, e in batches]
+    """Run ``descriptors`` on one actor pool; yield the output blocks as they arrive (in no particular order)."""
+    first = jobs[0]
+    items = [{"batch": b, "start": s, "stop": e, "jobs": ",".join(map(str, js))} for b, s, e, js in descriptors]
     try:  # one block per descriptor, so one task is one batch (``parallelism`` before Ray 2.10)
         ds = ray.data.from_items(items, override_num_blocks=len(items))
     except TypeError:
@@ -321,9 +330,10 @@ def _dispatch(ray: Any, job: "ImagePass", batches: list[tuple[int, int, int]], r
     resources = {"num_gpus": 1} if how.gpus else {"num_cpus": how.threads}
     ds = ds.map_batches(BatchEncoder, batch_size=1, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=min(how.workers, len(items))),
-                        fn_constructor_kwargs={"refs": refs, "queries": np.asarray(job.queries),
-                                               "query_ids": list(job.query_ids), "condition": job.condition,
-                                               "config": job.config, "device": job.device,
+                        fn_constructor_kwargs={"refs": refs, "queries": np.asarray(first.queries),
+                                               "query_ids": list(first.query_ids),
+                                               "conditions": [j.condition for j in jobs],
+                                               "config": first.config, "device": first.device,
                                                "threads": how.threads},
                         **resources)
     it = ds.iter_batches(batch_size=None, batch_format="numpy")
@@ -387,80 +397,101 @@ def _unwrap(exc: BaseException) -> BaseException | None:
     return None
 
 
-# ----- the pass --------------------------------------------------------------------------------------------
+# ----- the passes -------------------------------------------------------------------------------------------
 def embed_pass(job: "ImagePass", cache: "EmbeddingCache", contract: dict[str, int], *,
                workers: int | None = None, threads: int | None = None) -> np.ndarray:
-    """Float32 ``(M, D)`` embeddings of ``job.query_ids``, in order, computed on Ray Data workers.
+    """One pass: :func:`embed_passes` of ``[job]``."""
+    return embed_passes([job], cache, contract, workers=workers, threads=threads)[0]
 
-    The result equals :func:`~cxr_robust.engine.encode_perturbed`'s (see the module docstring for when it is
-    bit-identical). Non-unit rows are counted in ``contract["image"]``. ``workers`` and ``threads`` override
-    the pool size and the threads per CPU actor.
+
+def embed_passes(jobs: Sequence["ImagePass"], cache: "EmbeddingCache", contract: dict[str, int], *,
+                 workers: int | None = None, threads: int | None = None) -> list[np.ndarray]:
+    """Float32 ``(M, D)`` embeddings of the query ids of each pass in ``jobs``, in order, on Ray Data workers.
+
+    The passes are the uncached conditions of one sweep (same model, data, queries, config and device). They
+    run on one actor pool, and each task decodes its batch once for all of them. Each result equals
+    :func:`~cxr_robust.engine.encode_perturbed`'s (see the module docstring for when it is bit-identical).
+    Non-unit rows are counted in ``contract["image"]``. ``workers`` and ``threads`` override the pool size and
+    the threads per CPU actor.
     """
     from cxr_robust.engine import _progress
 
-    ray = init_ray(job.config.ray_address)
-    m, size = len(job.query_ids), job.config.batch_size
-    if len(job.queries) != m:
-        raise ValueError(f"ImagePass: {len(job.queries)} query indices but {m} query ids")
+    if not jobs:
+        return []
+    first = jobs[0]
+    if any(j.model is not first.model or j.data is not first.data or j.config != first.config
+           or j.device != first.device or not np.array_equal(j.queries, first.queries) for j in jobs[1:]):
+        raise ValueError("embed_passes: the passes of one call must share model, data, queries, config and device")
+    ray = init_ray(first.config.ray_address)
+    m, size = len(first.query_ids), first.config.batch_size
+    if len(first.queries) != m:
+        raise ValueError(f"ImagePass: {len(first.queries)} query indices but {m} query ids")
     batches = [(b, s, min(s + size, m)) for b, s in enumerate(range(0, m, size))]
-    folder = shard_dir(cache, job.digest) if job.digest else None
-    if folder is not None and getattr(cache, "refresh", False):
-        shutil.rmtree(folder, ignore_errors=True)  # a refresh trusts nothing computed before, shards included
+    bounds = {b: (s, e) for b, s, e in batches}
+    folders = [shard_dir(cache, j.digest) if j.digest else None for j in jobs]
 
-    done: dict[int, np.ndarray] = {}
-    not_unit: dict[int, int] = {}
-    if folder is not None:
+    done: dict[tuple[int, int], np.ndarray] = {}  # (job, batch) -> embeddings
+    not_unit: dict[tuple[int, int], int] = {}
+    for j, folder in enumerate(folders):
+        if folder is None:
+            continue
+        if getattr(cache, "refresh", False):
+            shutil.rmtree(folder, ignore_errors=True)  # a refresh trusts nothing computed before, shards included
+            continue
+        found = {}
         for b, s, e in batches:
-            got = _read_shard(folder, s, e, job.query_ids[s:e])
+            got = _read_shard(folder, s, e, first.query_ids[s:e])
             if got is not None:
-                done[b], not_unit[b] = got
-        dims = {emb.shape[1] for emb in done.values()}
-        if len(dims) > 1:  # cannot happen for one key; if it does, nothing in the folder is trusted
-            log.warning("cxr-robust: ray engine: shards in %s disagree on the embedding size %s; recomputing",
-                        folder, sorted(dims))
+                found[b] = got
+        if len({emb.shape[1] for emb, _ in found.values()}) > 1:  # cannot happen for one key: trust nothing
+            log.warning("cxr-robust: ray engine: shards in %s disagree on the embedding size; recomputing", folder)
             shutil.rmtree(folder, ignore_errors=True)
-            done.clear()
-            not_unit.clear()
-    pending = [t for t in batches if t[0] not in done]
+            found = {}
+        for b, (emb, nu) in found.items():
+            done[(j, b)], not_unit[(j, b)] = emb, nu
     resumed = len(done)
     if resumed:
-        log.info("cxr-robust: ray engine: %s: %d of %d batches resumed from %s", job.condition.label, resumed,
-                 len(batches), folder)
+        log.info("cxr-robust: ray engine: %d of %d batch passes resumed from their shards", resumed,
+                 len(batches) * len(jobs))
+    descriptors: list[Descriptor] = []
+    for b, s, e in batches:
+        missing = tuple(j for j in range(len(jobs)) if (j, b) not in done)
+        if missing:
+            descriptors.append((b, s, e, missing))
 
-    if pending:
-        how = plan(ray, job.device, workers, threads)
-        refs = _put(ray, job)
-        bounds = {b: (s, e) for b, s, e in batches}
-        partial: dict[int, dict[int, tuple[str, np.ndarray, int]]] = {}
+    if descriptors:
+        how = plan(ray, first.device, workers, threads)
+        refs = _put(ray, first)
+        partial: dict[tuple[int, int], dict[int, tuple[str, np.ndarray, int]]] = {}
         duplicates = 0
 
-        def completed() -> Iterator[int]:
-            """Merge the streamed rows; yield each batch index once all its rows are in (and shard it)."""
-            stream = _dispatch(ray, job, pending, refs, how)
+        def completed() -> Iterator[tuple[int, int]]:
+            """Merge the streamed rows; yield each (job, batch) once all its rows are in (and shard it)."""
+            stream = _dispatch(ray, jobs, descriptors, refs, how)
             try:
                 yield from _merge(stream)
             finally:  # an error here (a failed shard write, an interrupt) stops the Ray pipeline at once
                 stream.close()
 
-        def _merge(stream: Iterator[dict[str, np.ndarray]]) -> Iterator[int]:
+        def _merge(stream: Iterator[dict[str, np.ndarray]]) -> Iterator[tuple[int, int]]:
             nonlocal duplicates
             for block in stream:
-                for b, pos, iid, emb, nu in zip(block["batch"], block["pos"], block["image_id"], block["emb"],
-                                                block["not_unit"]):
-                    b, pos = int(b), int(pos)
+                for j, b, pos, iid, emb, nu in zip(block["job"], block["batch"], block["pos"], block["image_id"],
+                                                   block["emb"], block["not_unit"]):
+                    j, b, pos = int(j), int(b), int(pos)
                     s, e = bounds[b]
-                    if not s <= pos < e or str(iid) != job.query_ids[pos]:
-                        raise RayEngineError(f"ray engine: batch {b} returned row {pos} as image {iid!r}, "
-                                             f"expected rows {s}-{e - 1}; the merge would be wrong")
+                    if not 0 <= j < len(jobs) or not s <= pos < e or str(iid) != first.query_ids[pos]:
+                        raise RayEngineError(f"ray engine: batch {b} returned row {pos} of pass {j} as image "
+                                             f"{iid!r}, expected rows {s}-{e - 1}; the merge would be wrong")
                     row = np.asarray(emb, dtype=np.float32)
-                    if b in done:  # a retried task delivered this batch again: keep one, and it must agree
+                    if (j, b) in done:  # a retried task delivered this batch again: keep one, and it must agree
                         duplicates += 1
-                        if not np.array_equal(done[b][pos - s], row):
+                        if not np.array_equal(done[(j, b)][pos - s], row):
                             raise RayEngineError(f"ray engine: batch {b} (rows {s}-{e - 1}) was computed twice "
-                                                 f"with different results (image {iid}); the model is not "
-                                                 "deterministic on this cluster")
+                                                 f"with different results (image {iid}, {jobs[j].condition.label}); "
+                                                 "the model is not deterministic on this cluster")
                         continue
-                    rows = partial.setdefault(b, {})
+                    rows = partial.setdefault((j, b), {})
                     if pos in rows:
                         duplicates += 1
                         if not np.array_equal(rows[pos][1], row):
@@ -470,39 +501,45 @@ def embed_pass(job: "ImagePass", cache: "EmbeddingCache", contract: dict[str, in
                     rows[pos] = (str(iid), row, int(nu))
                     if len(rows) == e - s:
                         emb_b = np.stack([rows[p][1] for p in range(s, e)])
-                        done[b], not_unit[b] = emb_b, rows[s][2]
-                        del partial[b]
-                        if folder is not None:
-                            _write_shard(folder, s, e, emb_b, job.query_ids[s:e], not_unit[b])
-                        yield b
+                        done[(j, b)], not_unit[(j, b)] = emb_b, rows[s][2]
+                        del partial[(j, b)]
+                        if folders[j] is not None:
+                            _write_shard(folders[j], s, e, emb_b, first.query_ids[s:e], not_unit[(j, b)])
+                        yield j, b
 
+        todo = sum(len(d[3]) for d in descriptors)
+        label = first.condition.label if len(jobs) == 1 else f"{len(jobs)} conditions"
         with _quiet_ray_data(ray):
             try:
-                for _ in _progress(completed(), len(pending), f"{job.model.name}: {job.condition.label} (ray)",
-                                   job.config.progress):
+                for _ in _progress(completed(), todo, f"{first.model.name}: {label} (ray)", first.config.progress):
                     pass
             except Exception as exc:
                 inner = _unwrap(exc)
                 if inner is not None:  # the caller sees the error the local engine would have raised
                     raise inner from exc
                 raise
-        log.info("cxr-robust: ray engine: %s: %d batches on %d worker(s), %d resumed, %d duplicate row(s) "
-                 "from retries ignored", job.condition.label, len(pending), min(how.workers, len(pending)), resumed,
-                 duplicates)
+        log.info("cxr-robust: ray engine: %s: %d batch passes on %d worker(s), %d resumed, %d duplicate row(s) "
+                 "from retries ignored", label, todo, min(how.workers, len(descriptors)), resumed, duplicates)
 
-    missing = [b for b, _, _ in batches if b not in done]
-    if missing:
-        raise RayEngineError(f"ray engine: {len(missing)} of {len(batches)} batches never came back (first: batch "
-                             f"{missing[0]}, rows {batches[missing[0]][1]}-{batches[missing[0]][2] - 1})")
-    out = np.concatenate([done[b] for b, _, _ in batches])
-    assert out.shape[0] == m, (out.shape, m)  # every query exactly once, in order: rows were checked one by one
+    out = []
+    for j, job in enumerate(jobs):
+        missing_b = [b for b, _, _ in batches if (j, b) not in done]
+        if missing_b:
+            b = missing_b[0]
+            raise RayEngineError(f"ray engine: {len(missing_b)} of {len(batches)} batches of "
+                                 f"{job.condition.label} never came back (first: batch {b}, rows "
+                                 f"{bounds[b][0]}-{bounds[b][1] - 1})")
+        emb = np.concatenate([done[(j, b)] for b, _, _ in batches])
+        assert emb.shape[0] == m, (emb.shape, m)  # every query exactly once, in order: rows were checked one by one
+        out.append(emb)
     contract_rows = sum(not_unit.values())
     if contract_rows:
         contract["image"] = contract.get("image", 0) + contract_rows
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            folder.parent.rmdir()  # only when no other pass keeps shards there
-        except OSError:
-            pass
+    for folder in folders:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                folder.parent.rmdir()  # only when no other pass keeps shards there
+            except OSError:
+                pass
     return out

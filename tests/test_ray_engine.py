@@ -133,13 +133,13 @@ def _job(model: RetrievalModel, data: RetrievalSet, condition: Condition, digest
 
 
 def _record_dispatch(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """The batch indices each pass sends to the workers."""
+    """The batch indices each call sends to the workers."""
     sent: list[list[int]] = []
     real = ray_engine._dispatch
 
-    def recording(ray_: Any, job: ImagePass, batches: list[tuple[int, int, int]], *args: Any) -> Any:
-        sent.append([b for b, _, _ in batches])
-        return real(ray_, job, batches, *args)
+    def recording(ray_: Any, jobs: list[ImagePass], descriptors: list[ray_engine.Descriptor], *args: Any) -> Any:
+        sent.append([d[0] for d in descriptors])
+        return real(ray_, jobs, descriptors, *args)
 
     monkeypatch.setattr(ray_engine, "_dispatch", recording)
     return sent
@@ -148,14 +148,16 @@ def _record_dispatch(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 def _in_process(copies: dict[int, Any], sent: list[list[int]] | None = None) -> Any:
     """A ``_dispatch`` that runs the worker class in the test process (no actor to start), delivers batch ``b``
     a second time through ``copies[b]`` and records the batches it is given in ``sent``."""
-    def dispatch(ray_: Any, job: ImagePass, batches: list[tuple[int, int, int]], refs: dict[str, Any],
-                 how: ray_engine.Plan) -> Iterator[dict[str, np.ndarray]]:
+    def dispatch(ray_: Any, jobs: list[ImagePass], descriptors: list[ray_engine.Descriptor],
+                 refs: dict[str, Any], how: ray_engine.Plan) -> Iterator[dict[str, np.ndarray]]:
         if sent is not None:
-            sent.append([b for b, _, _ in batches])
-        worker = ray_engine.BatchEncoder(refs, np.asarray(job.queries), list(job.query_ids), job.condition,
-                                         job.config, job.device, how.threads)
-        for b, s, e in batches:
-            block = worker({"batch": np.array([b]), "start": np.array([s]), "stop": np.array([e])})
+            sent.append([d[0] for d in descriptors])
+        first = jobs[0]
+        worker = ray_engine.BatchEncoder(refs, np.asarray(first.queries), list(first.query_ids),
+                                         [j.condition for j in jobs], first.config, first.device, how.threads)
+        for b, s, e, js in descriptors:
+            block = worker({"batch": np.array([b]), "start": np.array([s]), "stop": np.array([e]),
+                            "jobs": np.array([",".join(map(str, js))])})
             yield block
             if b in copies:  # what a retried task that had already delivered would send
                 yield copies[b](block)
@@ -163,8 +165,10 @@ def _in_process(copies: dict[int, Any], sent: list[list[int]] | None = None) -> 
 
 
 # ----- 1. bit for bit ----------------------------------------------------------------------------------------
-def test_a_ray_sweep_equals_the_local_engine_bit_for_bit(local_ray: Any, data: RetrievalSet, tmp_path: Path) -> None:
+def test_a_ray_sweep_equals_the_local_engine_bit_for_bit(local_ray: Any, data: RetrievalSet, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     model = load_model("phantom-clip")
+    sent = _record_dispatch(monkeypatch)
     results, caches = {}, {}
     for engine in ("local", "ray"):
         caches[engine] = tmp_path / engine
@@ -184,6 +188,11 @@ def test_a_ray_sweep_equals_the_local_engine_bit_for_bit(local_ray: Any, data: R
             assert a["array"].dtype == b["array"].dtype == np.float32
             assert np.array_equal(a["array"], b["array"]), name
     assert not (caches["ray"] / "shards").exists()  # a completed pass leaves no shards behind
+    # One actor pool for the sweep's uncached conditions; each task decodes its batch once for both.
+    assert sent == [list(range(5))]
+    again = run_sweep(model, data, SweepConfig(conditions=(OCC, NOISE), ks=(1, 5, 10), batch_size=BATCH,
+                                               engine="ray"), EmbeddingCache(caches["ray"]))
+    assert sent == [list(range(5))] and again.meta["image_encodings"] == 0  # cached: nothing dispatched
 
 
 # ----- 2. resume ------------------------------------------------------------------------------------------------
