@@ -6,23 +6,24 @@
 Measured, within one run on the same machine and load:
 
 1. the same sweep (demo model ``phantom-clip``, occlusion at three ratios, fresh caches) on the local engine
-   and on the Ray engine (a local Ray on this machine's CPUs): wall time per condition, the ratio ray / local,
+   and on the Ray engine (a local Ray on this machine's CPUs): wall time, the ratio ray / local,
    and whether the embeddings are bit-identical (the cache entries are compared byte for byte);
 2. what a Ray batch costs on top of its compute: many small tasks of a trivial actor (same descriptor and
    output format as the engine, 64 rows x D floats per task) give the per-task overhead and the pool's start;
 3. the compute of one batch as a worker runs it (decode + preprocess + perturb + encode of 64 images, in this
    process with the same code), and the driver's cost per batch (merge + atomic shard write with fsync).
 
-Calculated (not run): wall time of one condition's pass for N = 100k, 377k and 1M images on W workers, each
-worker as fast as this machine with the measured thread count, from
+Calculated (not run): wall time of a sweep of C = 8 conditions (the paper's grid) for N = 100k, 377k and 1M
+images on W workers, each worker as fast as this machine with the measured thread count, from
 
-    T(N, W) = pass_start + max(ceil(B / W) * (t_batch + t_task), B * t_driver),   B = ceil(N / batch_size)
+    T(N, W) = pool_start + max(ceil(B / W) * (t_decode_batch + C * t_encode_batch + t_task), B * C * t_driver)
 
-where ``pass_start`` is the measured fixed cost of one pass (actor pool start, model load) and the second term
-of the max is the driver's serial limit. The local engine's time is B * t_encode plus one decode of every
-image per sweep, and it holds every decoded image in memory (the table shows how much). Paper-size models
-(ViT-B/32 at 224 px) compute about 10-20 times more per image than the demo model, which makes the fixed
-costs matter less; only the demo model can be measured offline.
+with B = ceil(N / batch_size). ``pool_start`` is the measured fixed cost of the sweep's actor pool (worker
+start, imports, model load); each task decodes its batch once and encodes it at every condition; the second
+term of the max is the driver's serial limit (merge and shard write per batch and condition). The local
+engine takes one decode of every image plus B * C * t_encode_batch, and holds every decoded image in memory
+(the table shows how much). Paper-size models (ViT-B/32 at 224 px) compute about 10-20 times more per image
+than the demo model, which makes the fixed costs matter less; only the demo model can be measured offline.
 """
 
 from __future__ import annotations
@@ -86,13 +87,14 @@ def batch_costs(model: Any, data: Any, condition: Condition, config: SweepConfig
 
     ray = ray_engine._import_ray()
     refs = {"model": ray.put(model), "data": ray.put(data)}
-    worker = ray_engine.BatchEncoder(refs, np.arange(data.num_images), list(data.image_ids), condition, config,
+    worker = ray_engine.BatchEncoder(refs, np.arange(data.num_images), list(data.image_ids), [condition], config,
                                      "cpu", threads)
     size = config.batch_size
 
     def one(s: int) -> tuple[float, float, float, dict[str, np.ndarray]]:
         t0 = time.perf_counter()
-        out = worker({"batch": np.array([0]), "start": np.array([s]), "stop": np.array([s + size])})
+        out = worker({"batch": np.array([0]), "start": np.array([s]), "stop": np.array([s + size]),
+                      "jobs": np.array(["0"])})
         t1 = time.perf_counter()
         pixels = preprocess_images(data, model, config.decode_workers, False, config.draft_decode,
                                    list(range(s, s + size)))
@@ -154,9 +156,7 @@ def measure(studies: int, ratios: tuple[float, ...], batch_size: int, repeats: i
     local, remote = out["engines"]["local"], out["engines"]["ray"]
     out["bit_identical"] = files["local"] == files["ray"] and len(files["local"]) == len(conditions)
     out["grids_equal"] = local["grid"] == remote["grid"]
-    out["ratio_ray_over_local"] = {"sweep": remote["wall_s"] / local["wall_s"],
-                                   **{k: remote["per_condition_s"][k] / local["per_condition_s"][k]
-                                      for k in local["per_condition_s"]}}
+    out["ratio_ray_over_local"] = {"sweep": remote["wall_s"] / local["wall_s"]}
 
     how = ray_engine.plan(ray, "cpu")
     out["plan"] = {"workers": how.workers, "threads": how.threads}
@@ -165,27 +165,43 @@ def measure(studies: int, ratios: tuple[float, ...], batch_size: int, repeats: i
         out["task"] = task_overhead(ray, tasks=200, rows=batch_size, dim=model.embed_dim)
     out["batch"] = batch_costs(model, data, conditions[-1], replace(config, progress=False), how.threads or 1, repeats)
     n_batches = math.ceil(data.num_images / batch_size)
-    per_pass = np.mean(list(remote["per_condition_s"].values()))
-    work = n_batches * (out["batch"]["t_batch_s"] + out["task"]["per_task_s"]) / how.workers
-    out["pass_start_s"] = max(0.0, float(per_pass - work))  # what a pass costs beyond its batches
+    # The ray engine embeds every condition before the scoring loop: its image work is the rest of the wall.
+    ray_images = remote["wall_s"] - remote["texts_s"] - sum(remote["per_condition_s"].values())
+    b = out["batch"]
+    work = n_batches * (batch_size * b["t_decode_image_s"] + len(conditions) * b["t_local_batch_s"]
+                        + out["task"]["per_task_s"]) / how.workers
+    out["pass_start_s"] = max(0.0, float(ray_images - work))  # what the sweep's pool costs beyond its batches
     out["model"] = project(out, model)
     out["machine"]["load_average_at_end"] = os.getloadavg()[0]  # other processes on the machine skew all of it
     return out
 
 
+SWEEP_CONDITIONS = 8
+"""Conditions of the projected sweep: the paper's grid (the clean images and 7 occlusion ratios)."""
+
+
 def project(m: dict[str, Any], model: Any) -> dict[str, Any]:
-    """Calculated wall time of one condition's pass (and the local engine's) for each size and worker count."""
-    size = m["batch"]["batch_size"]
-    t_batch, t_task, t_driver = m["batch"]["t_batch_s"], m["task"]["per_task_s"], m["batch"]["t_driver_s"]
+    """Calculated wall time of a sweep of :data:`SWEEP_CONDITIONS` conditions, local and on W Ray workers.
+
+    Local: decode every image once, then one pass per condition. Ray: one actor pool for the sweep; each task
+    decodes its batch once and encodes it at every condition; the driver merges and shards each (batch,
+    condition) in turn, which bounds the sweep from below however many workers there are.
+    """
+    size, c = m["batch"]["batch_size"], SWEEP_CONDITIONS
+    t_task, t_driver = m["task"]["per_task_s"], m["batch"]["t_driver_s"]
+    t_decode_batch, t_encode_batch = size * m["batch"]["t_decode_image_s"], m["batch"]["t_local_batch_s"]
     rows = []
     for n in SIZES:
         b = math.ceil(n / size)
-        local = {"pass_s": b * m["batch"]["t_local_batch_s"], "decode_once_s": n * m["batch"]["t_decode_image_s"],
+        local = {"sweep_s": n * m["batch"]["t_decode_image_s"] + b * c * t_encode_batch,
+                 "decode_once_s": n * m["batch"]["t_decode_image_s"],
                  "pixels_gb": n * model.input_channels * model.input_size ** 2 / 1e9}
-        ray = {str(w): m["pass_start_s"] + max(math.ceil(b / w) * (t_batch + t_task), b * t_driver) for w in WORKERS}
-        rows.append({"images": n, "batches": b, "local": local, "ray_pass_s": ray,
-                     "driver_limit_s": b * t_driver})
-    return {"formula": "pass_start + max(ceil(B/W) * (t_batch + t_task), B * t_driver)", "rows": rows}
+        ray = {str(w): m["pass_start_s"] + max(math.ceil(b / w) * (t_decode_batch + c * t_encode_batch + t_task),
+                                               b * c * t_driver) for w in WORKERS}
+        rows.append({"images": n, "batches": b, "local": local, "ray_sweep_s": ray,
+                     "driver_limit_s": b * c * t_driver})
+    return {"conditions": c, "rows": rows,
+            "formula": "pool_start + max(ceil(B/W) * (t_decode_batch + C * t_encode_batch + t_task), B * C * t_driver)"}
 
 
 def _fmt(s: float) -> str:
@@ -206,9 +222,6 @@ def report(m: dict[str, Any]) -> str:
     lines.append(f"{'':24}{'local':>10}{'ray':>10}{'ray/local':>11}")
     lines.append(f"{'sweep wall':24}{e['local']['wall_s']:>9.1f}s{e['ray']['wall_s']:>9.1f}s"
                  f"{m['ratio_ray_over_local']['sweep']:>10.2f}x")
-    for k in e["local"]["per_condition_s"]:
-        lines.append(f"{k:24}{e['local']['per_condition_s'][k]:>9.1f}s{e['ray']['per_condition_s'][k]:>9.1f}s"
-                     f"{m['ratio_ray_over_local'][k]:>10.2f}x")
     lines.append(f"bit-identical embeddings: {m['bit_identical']}; equal grids: {m['grids_equal']}")
     t, b = m["task"], m["batch"]
     lines.append(f"per Ray task: {1e3 * t['per_task_s']:.1f} ms ({t['tasks']} tasks of {b['batch_size']} rows; a "
@@ -218,16 +231,18 @@ def report(m: dict[str, Any]) -> str:
                  f"(perturb + encode) {b['t_local_batch_s']:.3f} s, decode {1e3 * b['t_decode_image_s']:.2f} ms "
                  f"per image, driver (merge + shard) {1e3 * b['t_driver_s']:.1f} ms")
     lines.append("")
-    lines.append("calculated wall time of one condition's pass (workers as fast as this machine's):")
+    lines.append(f"calculated wall time of a sweep of {m['model']['conditions']} conditions (workers as fast as this "
+                 "machine's):")
     head = f"{'images':>10} {'local':>9} {'decode':>8} {'pixels':>8} " + " ".join(f"{'W=' + str(w):>8}"
                                                                                for w in WORKERS)
     lines.append(head)
     for r in m["model"]["rows"]:
         loc = r["local"]
-        lines.append(f"{r['images']:>10,} {_fmt(loc['pass_s']):>9} {_fmt(loc['decode_once_s']):>8} "
-                     f"{loc['pixels_gb']:>6.0f}GB " + " ".join(f"{_fmt(r['ray_pass_s'][str(w)]):>8}" for w in WORKERS))
-    lines.append("(local: one pass with every image decoded in memory, 'decode' once per sweep, 'pixels' what that "
-                 "takes; ray: workers decode per batch. The driver alone limits a pass to "
+        lines.append(f"{r['images']:>10,} {_fmt(loc['sweep_s']):>9} {_fmt(loc['decode_once_s']):>8} "
+                     f"{loc['pixels_gb']:>6.0f}GB " + " ".join(f"{_fmt(r['ray_sweep_s'][str(w)]):>8}" for w in WORKERS))
+    lines.append("(local: every image decoded once and held in memory ('decode', 'pixels'), then one pass per "
+                 "condition; ray: each task decodes its batch once for all conditions. The driver alone limits a "
+                 "sweep to "
                  + ", ".join(f"{_fmt(r['driver_limit_s'])}" for r in m["model"]["rows"]) + ")")
     return "\n".join(lines)
 

@@ -538,7 +538,8 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     meta = {
         "model": model.name, "model_fingerprint": fp, "dataset": data.name, "dataset_counts": data.counts(),
         "dataset_meta": {k: v for k, v in data.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
-        "credentialed": data.credentialed, "device": device, "precision": config.precision, "seed": config.seed,
+        "credentialed": data.credentialed, "device": device, "image_device": image_device,
+        "precision": config.precision, "seed": config.seed,
         "conditions": [c.key for c in config.conditions],
         "batch_size": config.batch_size, "draft_decode": config.draft_decode, "engine": config.engine,
         "text_policy": policy.value,
