@@ -42,7 +42,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -88,6 +88,8 @@ class Plan:
     """Timed calls per cell."""
     parity_images: int
     phantom_workers: int
+    models: tuple[str, ...] = PAPER_MODELS
+    """The architectures measured (``--models``; default the four of Table 1)."""
 
 
 def gpu_plan(device: str) -> Plan:
@@ -127,12 +129,13 @@ def _need(data: "RetrievalSet | None") -> "RetrievalSet":
     return data
 
 
-def _paper_models(directory: Path) -> tuple[dict[str, "RetrievalModel"], dict[str, str], dict[str, float]]:
-    """The four architectures with random weights in their official files, loaded through the registry (CPU)."""
+def _paper_models(directory: Path, names: tuple[str, ...]) -> tuple[dict[str, "RetrievalModel"], dict[str, str],
+                                                                    dict[str, float]]:
+    """The architectures ``names`` with random weights in their official files, loaded through the registry (CPU)."""
     from tests.model_fixtures import build_paper_model
 
     models, errors, seconds = {}, {}, {}
-    for name in PAPER_MODELS:
+    for name in names:
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -402,16 +405,16 @@ def section_sizes(plan: Plan) -> dict[str, dict[str, Any]]:
     """What each section measures under ``plan`` (stored per section; in a dry run also the GPU plan's)."""
     return {
         "a_gpu_tests": {"command": "python -m pytest -m gpu -q -p no:cacheprovider"},
-        "b_throughput": {"models": list(PAPER_MODELS), "batch_sizes": list(plan.batch_sizes),
+        "b_throughput": {"models": list(plan.models), "batch_sizes": list(plan.batch_sizes),
                          "precisions": list(plan.precisions), "warmup_calls": plan.warmup,
                          "timed_calls": plan.repeats, "device": plan.device},
-        "c_table1_grid": {"models": list(PAPER_MODELS), "studies": plan.studies, "ratios": list(plan.ratios),
+        "c_table1_grid": {"models": list(plan.models), "studies": plan.studies, "ratios": list(plan.ratios),
                           "ks": list(plan.ks), "precision": "fp32", "sweep_batch_size": plan.sweep_batch_size,
                           "device": plan.device, "cache": "fresh (no hits)"},
-        "d_precision_agreement": {"models": list(PAPER_MODELS),
+        "d_precision_agreement": {"models": list(plan.models),
                                   "precisions": [p for p in plan.precisions if p != "fp32"],
                                   "against": "fp32 sweep of c", "studies": plan.studies},
-        "e_fp32_parity": {"models": list(PAPER_MODELS), "images": plan.parity_images, "tf32": False,
+        "e_fp32_parity": {"models": list(plan.models), "images": plan.parity_images, "tf32": False,
                           "compare": f"{plan.device} vs cpu", "tolerance": PARITY_TOLERANCE},
     }
 
@@ -525,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"the JSON record (default: {GPU_OUT.relative_to(ROOT)} on a GPU, {DRY_OUT} in a dry run)")
     p.add_argument("--dry-run", action="store_true", help="every section on the CPU at tiny sizes (no GPU needed)")
     p.add_argument("--device", default="cuda", help="the CUDA device to measure (default: cuda)")
+    p.add_argument("--models", default=",".join(PAPER_MODELS),
+                   help="comma-separated architectures (default: the four of Table 1; CI's dry run takes one)")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -538,7 +543,11 @@ def main(argv: list[str] | None = None) -> int:
               "!!! For README's numbers run this on a machine with an NVIDIA GPU.\n" + "!" * 100 + "\n",
               file=sys.stderr, flush=True)
     dry = mode != "gpu"
-    plan = DRY_PLAN if dry else gpu_plan(args.device)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    unknown = [m for m in models if m not in PAPER_MODELS]
+    if unknown or not models:
+        p.error(f"--models: {', '.join(unknown) or 'none given'}; choose among {', '.join(PAPER_MODELS)}")
+    plan = replace(DRY_PLAN if dry else gpu_plan(args.device), models=models)
     out_path = args.out or (DRY_OUT if dry else GPU_OUT)
     sizes, gpu_sizes = section_sizes(plan), section_sizes(gpu_plan(args.device))
     doc: dict[str, Any] = {"tool": "benchmarks/gpu_check.py", "mode": mode, "dry_run": dry,
@@ -570,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-weights-") as weights_dir:
         t0 = time.perf_counter()
         try:
-            models, errors, seconds = _paper_models(Path(weights_dir))
+            models, errors, seconds = _paper_models(Path(weights_dir), plan.models)
             setup["models"] = {"seconds": seconds, "errors": errors,
                                "how": "random weights in the official files, loaded with load_model (seed 0)"}
         except Exception as exc:

@@ -103,7 +103,7 @@ def test_cache_key_covers_what_changes_an_embedding(change: str, text_miss: bool
     elif change == "perturbation":  # another perturbation at a level: never the occlusion entry
         config = SweepConfig(**{**CFG.__dict__, "conditions": (Condition("gaussian_noise", 1),)})
     elif change == "draft":
-        config = SweepConfig(**{**CFG.__dict__, "draft_decode": False})
+        config = SweepConfig(**{**CFG.__dict__, "draft_decode": not CFG.draft_decode})
     elif change == "text_policy":
         config = SweepConfig(**{**CFG.__dict__, "text_policy": "impression"})
     elif change == "image_pixels":
