@@ -149,6 +149,11 @@ def pick_device(device: str | None = None) -> str:
     if device:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+        index = device.partition(":")[2]
+        if device.startswith("cuda") and index.isdigit() and int(index) >= torch.cuda.device_count():
+            # caught here, naming the option, rather than as a bare CUDA error when the model is moved
+            raise RuntimeError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} "
+                               f"CUDA device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1}); fix --cxr-device")
         return device
     if not torch.cuda.is_available():
         return "cpu"

@@ -369,3 +369,16 @@ def test_ratio_zero_does_not_depend_on_the_occlusion_seed(model: Any, data: Retr
     b = run_sweep(model, data, SweepConfig(**{**CFG.__dict__, "seed": 7}), EmbeddingCache(tmp_path / "b"))
     clean = Condition("occlusion", 0.0)
     assert np.array_equal(a.counts[clean].above, b.counts[clean].above)  # ratio 0 is the identity
+
+
+def test_a_cuda_index_beyond_the_machines_gpus_is_refused_naming_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cxr-device cuda:5`` on a 2-GPU machine fails at once, not later as a bare CUDA error (simulated GPUs)."""
+    import torch
+
+    from cxr_robust.engine import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == "cuda:1" and pick_device("cuda") == "cuda"
+    with pytest.raises(RuntimeError, match=r"'cuda:5' requested but this machine has 2 CUDA device\(s\).*--cxr-device"):
+        pick_device("cuda:5")
