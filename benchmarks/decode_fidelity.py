@@ -21,7 +21,6 @@ effect is the demo's (a trained model).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -40,17 +39,7 @@ from cxr_robust.data.phantom import phantom  # noqa: E402
 from cxr_robust.engine import SharedPixels, SweepConfig, preprocess_images, run_sweep  # noqa: E402
 from cxr_robust.models import load_model  # noqa: E402
 
-
-def as_jpeg_files(data: Any, root: Path, width: int, height: int) -> Any:
-    """``data`` with every image resized to ``width`` x ``height`` and written as a JPEG (quality 95)."""
-    from PIL import Image
-
-    paths = []
-    for iid, arr in zip(data.image_ids, data.image_arrays):
-        path = root / f"{iid}.jpg"
-        Image.fromarray(arr, mode="L").resize((width, height), Image.Resampling.BICUBIC).save(path, quality=95)
-        paths.append(path)
-    return dataclasses.replace(data, name=f"{data.name}-jpeg{width}x{height}", image_arrays=None, image_paths=paths)
+from sweep_benchmark import as_jpeg_files  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 
 def demo_effect(data: Any, tmp: Path) -> dict[str, Any]:

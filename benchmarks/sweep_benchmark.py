@@ -77,17 +77,18 @@ def model_floor(model: Any, data: Any, ratios: tuple[float, ...], batch_size: in
     return time.perf_counter() - t0
 
 
-def as_jpeg_files(data: Any, root: Path, size: int) -> Any:
-    """``data`` with every image upscaled to ``size`` px and written as a JPEG (quality 95) under ``root``,
-    so decoding costs what it costs on MIMIC-CXR-JPG (whose files are about 2,500-3,000 px)."""
+def as_jpeg_files(data: Any, root: Path, size: int, height: int | None = None) -> Any:
+    """``data`` with every image resized to ``size`` x ``height`` px (square by default) and written as a JPEG
+    (quality 95) under ``root``, so decoding costs what it costs on MIMIC-CXR-JPG (files of 2,500-3,000 px)."""
     from PIL import Image
 
     paths = []
     for iid, arr in zip(data.image_ids, data.image_arrays):
         path = root / f"{iid}.jpg"
-        Image.fromarray(arr, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(path, quality=95)
+        Image.fromarray(arr, mode="L").resize((size, height or size), Image.Resampling.BICUBIC).save(path, quality=95)
         paths.append(path)
-    return dataclasses.replace(data, name=f"{data.name}-jpeg{size}", image_arrays=None, image_paths=paths)
+    shape = f"{size}x{height}" if height else f"{size}"
+    return dataclasses.replace(data, name=f"{data.name}-jpeg{shape}", image_arrays=None, image_paths=paths)
 
 
 def compare(studies: int | None, jpeg: int | None = None) -> dict[str, Any]:

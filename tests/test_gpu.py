@@ -89,6 +89,18 @@ def _record_visual_inputs(model: Any, seen: list[tuple[torch.device, torch.dtype
 # --------------------------------------------------------------------------------------------------
 # Perturbations: drawn on the CPU, applied on the batch's device, the same pixels
 
+def _recorded_sweep(data: RetrievalSet, precision: str, folder: Path
+                    ) -> tuple[SweepResult, list[tuple[torch.device, torch.dtype]]]:
+    """A CUDA sweep of the demo model and the (device, dtype) of every input its image tower saw."""
+    model = load_model("phantom-clip")
+    seen: list[tuple[torch.device, torch.dtype]] = []
+    hook = _record_visual_inputs(model, seen)
+    try:
+        return _sweep(data, "cuda", precision, folder, model), seen
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("layout", [(128, 3), (224, 1)], ids=["128px-rgb", "224px-grey"])
 @pytest.mark.parametrize("name", available())
 def test_perturbation_on_cuda_gives_the_cpu_pixels(name: str, layout: tuple[int, int]) -> None:
@@ -130,11 +142,7 @@ def test_fp32_sweep_on_cuda_ranks_like_the_cpu(demo_set: RetrievalSet, tmp_path:
 
     cpu = _sweep(demo_set, "cpu", "fp32", tmp_path / "cpu")
     monkeypatch.setattr(occlusion, "apply", recording_apply)
-    model = load_model("phantom-clip")
-    seen: list[tuple[torch.device, torch.dtype]] = []
-    hook = _record_visual_inputs(model, seen)
-    gpu = _sweep(demo_set, "cuda", "fp32", tmp_path / "cuda", model)
-    hook.remove()
+    gpu, seen = _recorded_sweep(demo_set, "fp32", tmp_path / "cuda")
 
     assert gpu.meta["device"] == "cuda" and cpu.meta["device"] == "cpu"
     assert {d.type for d in applied_on} == {"cuda"}, f"occlusion was applied on {applied_on}, not on the GPU"
@@ -150,11 +158,7 @@ def test_fp32_sweep_on_cuda_ranks_like_the_cpu(demo_set: RetrievalSet, tmp_path:
 def test_bf16_sweep_on_cuda_runs_under_autocast(demo_set: RetrievalSet, tmp_path: Path) -> None:
     """``precision="bf16"``: the encoders compute in bfloat16 on the GPU and the grid stays close to fp32."""
     fp32 = _sweep(demo_set, "cuda", "fp32", tmp_path / "fp32")
-    model = load_model("phantom-clip")
-    seen: list[tuple[torch.device, torch.dtype]] = []
-    hook = _record_visual_inputs(model, seen)
-    bf16 = _sweep(demo_set, "cuda", "bf16", tmp_path / "bf16", model)
-    hook.remove()
+    bf16, seen = _recorded_sweep(demo_set, "bf16", tmp_path / "bf16")
 
     assert bf16.meta["precision"] == "bf16" and bf16.meta["device"] == "cuda"
     assert seen and {t for _, t in seen} == {torch.bfloat16}, f"autocast did not reach the image tower: {seen[:3]}"
