@@ -1,9 +1,10 @@
 """The Ray Data engine (``--cxr-engine ray``) gives the local engine's results bit for bit, resumes from its
 shards, survives a dead worker without counting a batch twice, and says how to install Ray when it is missing.
 
-Everything runs on one local Ray started by the module's fixture (2 CPUs). Each image pass starts an actor
-pool (a worker process, its imports, the model): about 20 s for the demo model on 2 CPU cores (open_clip's
-import alone takes 9 s) and 10 s for the tiny model below, which needs only torch. So only the bit-for-bit
+Everything runs on one local Ray started by the module's fixture (2 CPUs). Each call to the engine (a sweep's
+uncached passes) starts an actor pool (a worker process, its imports, the model): about 20 s for the demo
+model on 2 CPU cores (open_clip's import alone takes 9 s) and 10 s for the tiny model below, which needs only
+torch. So only the bit-for-bit
 test runs the demo model; the others use the tiny one, and the merge rules are tested with the worker class run
 in the test process (no actor to start).
 """
