@@ -46,6 +46,12 @@ ENGINES = ("local", "ray")
 """Where a sweep's image passes run (:attr:`SweepConfig.engine`)."""
 
 
+def check_engine(engine: str) -> None:
+    """Raise ValueError unless ``engine`` is one of :data:`ENGINES`."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """What a sweep measures and how. ``device=None`` picks CUDA when present."""
@@ -80,8 +86,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_on_bad("on_bad_image", self.on_bad_image)
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        check_engine(self.engine)
         conditions = tuple(as_condition(c) for c in (self.conditions or self.ratios))
         for c in conditions:
             c.spec().check_severity(c.severity)  # an unknown name or a bad severity fails here, naming it
@@ -281,6 +286,7 @@ class SharedPixels:
         self.max_bytes = max_bytes
         self._entries: dict[tuple[Any, ...], "torch.Tensor"] = {}
         self.hits = 0
+        """Entries reused (after their spot check) rather than decoded again."""
 
     def get(self, data: RetrievalSet, model: "RetrievalModel", config: SweepConfig,
             indices: Sequence[int] | None) -> "torch.Tensor":
@@ -305,10 +311,6 @@ class SharedPixels:
         while sum(p.numel() for p in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
             del self._entries[next(iter(self._entries))]
         return pixels
-
-    def clear(self) -> None:
-        """Forget every entry."""
-        self._entries.clear()
 
 
 SHARED_PIXELS = SharedPixels()

@@ -90,10 +90,9 @@ class GateOptions:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         check_on_bad("on_bad_image", self.on_bad_image)  # here too, so a typo fails before any loading
         check_precision(self.precision)
-        from cxr_robust.engine import ENGINES  # numpy only at import; torch is deferred inside the engine
+        from cxr_robust.engine import check_engine  # numpy only at import; torch is deferred inside the engine
 
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        check_engine(self.engine)
         for model, model_options in self.model_options.items():  # a typo must not be silently ignored
             check_model_options(model, model_options)
         if self.text_policy is not None:  # every front end, and GateOptions built in code, get the same check

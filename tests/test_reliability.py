@@ -382,3 +382,26 @@ def test_a_cuda_index_beyond_the_machines_gpus_is_refused_naming_the_option(monk
     assert pick_device("cuda:1") == "cuda:1" and pick_device("cuda") == "cuda"
     with pytest.raises(RuntimeError, match=r"'cuda:5' requested but this machine has 2 CUDA device\(s\).*--cxr-device"):
         pick_device("cuda:5")
+
+
+def test_shared_pixels_serve_a_second_model_of_one_geometry_and_catch_a_lying_key(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Decoded pixels are reused across models with one preprocessing key, and a reuse is spot-checked: a model
+    whose preprocessing differs under the same key gets its own pixels, never another model's (SharedPixels)."""
+    import numpy as np
+
+    from cxr_robust.data.phantom import phantom
+    from cxr_robust.engine import SharedPixels, preprocess_images
+    from cxr_robust.models import load_model
+
+    data, store, config = phantom("eval", num_studies=6), SharedPixels(), SweepConfig(device="cpu")
+    first = load_model("phantom-clip")
+    pixels = store.get(data, first, config, None)
+    assert store.get(data, load_model("phantom-clip"), config, None) is pixels and store.hits == 1
+
+    liar = load_model("phantom-clip")  # same class and key, other pixels: inverted films
+    liar.preprocess = lambda image, own=liar.preprocess: 255 - own(image)
+    with caplog.at_level("WARNING"):
+        got = store.get(data, liar, config, None)
+    assert store.hits == 1 and "differ from its own preprocessing" in caplog.text
+    assert np.array_equal(got.numpy(), preprocess_images(data, liar).numpy())
