@@ -131,6 +131,8 @@ class Perturbation:
     """Registry name, e.g. ``gaussian_noise``."""
     short: ClassVar[str] = ""
     """Test-id token, e.g. ``gauss_noise`` (ids look like ``<model>-gauss_noise-s3-k10``)."""
+    side: ClassVar[str] = "image"
+    """What it perturbs: ``image`` (the query films) or ``report`` (the candidate texts)."""
     group: ClassVar[str] = "other"
     """Family group for the report's summary: noise, blur, digital, intensity, geometry, overlay, occlusion."""
     description: ClassVar[str] = ""
