@@ -3,7 +3,8 @@
 ``build_fake_mimic(tmp_path)`` writes ``files/pXX/pN/sN/<dicom>.jpg`` (tiny JPEGs), the split and metadata
 CSVs (real column layout, gzipped or not), and the reports as ``mimic-cxr-reports.zip``, an extracted
 ``files/…/sN.txt`` tree and the official ``mimic_cxr_sectioned.csv.gz``. Every report text is invented.
-The returned :class:`FakeMimicExpectation` knows what each filter must yield.
+The returned :class:`FakeMimicExpectation` knows what each filter must yield. ``write_label_file`` adds a
+CheXpert/NegBio label file (invented labels, optionally malformed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Mapping
 
 METADATA_HEADER = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
                    "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
@@ -180,12 +182,13 @@ def _tiny_jpeg(seed: int) -> bytes:
 
 def build_fake_mimic(root: Path, studies: list[FakeStudy] | None = None, *, gz: bool = True,
                      reports: tuple[str, ...] = ("zip", "tree", "sectioned"), zip_prefix: str = "",
-                     version: str = "2.0.0") -> FakeMimicExpectation:
+                     version: str = "2.0.0", labels: str | None = None) -> FakeMimicExpectation:
     """Write a fake MIMIC-CXR-JPG tree under ``root`` and return what loading it must yield.
 
     ``reports`` picks the report forms written (``zip``, ``tree`` = ``.txt`` beside the study folders,
     ``sectioned`` = the official sectioned CSV); ``zip_prefix`` puts the zip's ``files/`` under a folder;
-    ``version="2.1.0"`` adds the 2.1.0-only labelled test-set file.
+    ``version="2.1.0"`` adds the 2.1.0-only labelled test-set file; ``labels`` (``chexpert``/``negbio``)
+    writes that label file with :func:`fake_label_cells` for every study (default: no label file).
     """
     studies = default_studies() if studies is None else studies
     root.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,73 @@ def build_fake_mimic(root: Path, studies: list[FakeStudy] | None = None, *, gz: 
         sectioned = root / "mimic_cxr_sectioned.csv.gz"
         _write_csv(sectioned, ["study", "impression", "findings", "last_paragraph", "comparison"],
                    [[s.study, s.impression, s.findings, s.last_paragraph, s.comparison] for s in with_text])
+    if labels is not None:
+        write_label_file(root, studies, labeler=labels, gz=gz)
     return FakeMimicExpectation(root=root, studies=tuple(studies), zip_path=zip_path, sectioned_path=sectioned)
+
+
+# ------------------------------------------------------------------------------------------ label files --
+
+LABEL_NAMES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
+               "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+               "Pneumothorax", "Support Devices")
+"""The 14 label columns of MIMIC-CXR-JPG's label files, written out here (not imported) so a reordering in
+the package is caught by the tests."""
+LABEL_HEADER = ["subject_id", "study_id", *LABEL_NAMES]
+
+# Invented label patterns, cycled over the studies: "No Finding" alone, uncertain and negative mentions,
+# two positives, nothing mentioned at all (a row of empty cells), and the same set as the third.
+_LABEL_PATTERNS: list[dict[str, str]] = [
+    {"No Finding": "1.0"},
+    {"Edema": "1.0", "Pleural Effusion": "-1.0", "Pneumonia": "0.0"},
+    {"Edema": "1.0", "Pleural Effusion": "1.0"},
+    {},
+    {"Edema": "1.0", "Pleural Effusion": "1.0", "Cardiomegaly": "0.0", "Support Devices": ""},
+    {"Cardiomegaly": "1.0", "Support Devices": "1.0", "Lung Opacity": "-1.0"},
+]
+
+
+def fake_label_cells(studies: Iterable[FakeStudy]) -> dict[str, dict[str, str]]:
+    """Study id -> {label: cell} for ``studies`` (cells as the files write them; unlisted labels empty)."""
+    return {s.study: dict(_LABEL_PATTERNS[j % len(_LABEL_PATTERNS)]) for j, s in enumerate(studies)}
+
+
+def write_label_file(root: Path, studies: Iterable[FakeStudy], *, labeler: str = "chexpert", gz: bool = True,
+                     cells: Mapping[str, Mapping[str, str]] | None = None, omit: Iterable[str] = (),
+                     drop_columns: Iterable[str] = (), duplicate: str | None = None, header: bool = True,
+                     shuffle_columns: bool = False, truncate: int | None = None) -> Path:
+    """Write ``root/mimic-cxr-2.0.0-<labeler>.csv(.gz)`` for ``studies`` and return its path.
+
+    ``cells`` (default :func:`fake_label_cells`) gives each study's non-empty cells; a study of ``omit`` gets
+    no row. Knobs that break the file: ``drop_columns`` leaves columns out, ``duplicate`` lists that study a
+    second time, ``header=False`` drops the header row, ``truncate`` keeps only that many bytes of the
+    written file (a cut-off download). ``shuffle_columns`` reverses the label columns' order (still valid).
+    The study_id column holds digits, as in the real file.
+    """
+    studies = list(studies)
+    cells = fake_label_cells(studies) if cells is None else cells
+    names = list(reversed(LABEL_NAMES)) if shuffle_columns else list(LABEL_NAMES)
+    cols = [c for c in ["subject_id", "study_id", *names] if c not in set(drop_columns)]
+    skip = set(omit)
+    rows = []
+    for s in studies:
+        if s.study in skip:
+            continue
+        full = {"subject_id": s.subject, "study_id": s.study[1:], **{n: "" for n in LABEL_NAMES},
+                **cells.get(s.study, {})}
+        rows.append([full[c] for c in cols])
+        if s.study == duplicate:
+            rows.append(list(rows[-1]))
+    path = root / f"mimic-cxr-2.0.0-{labeler}.csv{'.gz' if gz else ''}"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(cols)
+    w.writerows(rows)
+    data = buf.getvalue().encode()
+    data = gzip.compress(data) if gz else data
+    path.write_bytes(data if truncate is None else data[:truncate])
+    return path
 
 
 def read_rows(path: Path) -> list[list[str]]:

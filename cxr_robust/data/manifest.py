@@ -11,7 +11,11 @@ One row per image. Required columns: ``image_path``, ``study_id``, and the repor
 * ``findings`` and/or ``impression`` (a missing one of the two is empty). Studies with an empty impression
   give empty text under the ``impression`` policy; they are counted in ``meta`` and logged.
 
-Optional columns: ``image_id`` (default: ``image_path`` as written) and ``view`` (default ``"UNKNOWN"``).
+Optional columns: ``image_id`` (default: ``image_path`` as written) and ``view`` (default ``"UNKNOWN"``),
+and findings labels: a column whose header is one of the 14 CheXpert label names (case and surrounding
+spaces ignored) holds ``1.0`` / ``0.0`` / ``-1.0`` / empty (or ``1`` / ``0`` / ``-1``) as in MIMIC-CXR-JPG's
+label files. Any subset may be present (an absent label is not mentioned); the rows of a study must agree.
+With at least one such column the set gets ``labels`` (:mod:`cxr_robust.data.labels`), every study labelled.
 Relative image paths are resolved against the manifest's folder. An unknown dataset is treated as
 credentialed (``credentialed=True``) unless the caller says otherwise, so no text reaches logs or reports.
 
@@ -45,6 +49,8 @@ from typing import Any, Collection, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from cxr_robust.data.labels import (CHEXPERT_LABELS, EXPECTED_VALUES, NOT_MENTIONED, StudyLabels,
+                                    parse_label_cells)
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 
 __all__ = ["ManifestError", "read_manifest_table", "load_manifest", "RowNamer", "describe_found_columns",
@@ -210,8 +216,8 @@ def _text_columns(df: pd.DataFrame, path: Path, credentialed: bool) -> tuple[pd.
     if "report" not in cols and not has_sections:
         missing.append("report (or findings/impression)")
     if missing:
-        found = describe_found_columns(list(df.columns), KNOWN_COLUMNS, ["image_path", "study_id", "report"],
-                                       show_all=not credentialed)
+        found = describe_found_columns(list(df.columns), (*KNOWN_COLUMNS, *CHEXPERT_LABELS),
+                                       ["image_path", "study_id", "report"], show_all=not credentialed)
         raise ManifestError(f"manifest {path} lacks column(s) {missing}; {found}")
     if "report" in cols and has_sections:
         raise ManifestError(f"manifest {path} has both `report` and {has_sections}: keep one text form")
@@ -220,6 +226,36 @@ def _text_columns(df: pd.DataFrame, path: Path, credentialed: bool) -> tuple[pd.
         return empty, df["report"], "report"
     return (df["findings"] if "findings" in cols else empty,
             df["impression"] if "impression" in cols else empty, "findings/impression")
+
+
+def _label_columns(df: pd.DataFrame, path: Path) -> dict[str, str]:
+    """CheXpert label name -> the manifest column holding it (header matched ignoring case and spaces)."""
+    canon = {name.lower(): name for name in CHEXPERT_LABELS}
+    found: dict[str, list[int]] = {}
+    for pos, col in enumerate(df.columns):
+        name = canon.get(str(col).strip().lower())
+        if name is not None:
+            found.setdefault(name, []).append(pos)
+    twice = {name: pos for name, pos in found.items() if len(pos) > 1}
+    if twice:
+        name, pos = next(iter(twice.items()))
+        raise ManifestError(f"manifest {path}: columns {[p + 1 for p in pos]} all name label '{name}' (case and "
+                            "spaces are ignored); keep one column per label")
+    return {name: df.columns[pos[0]] for name, pos in found.items()}
+
+
+def _label_codes(df: pd.DataFrame, columns: dict[str, str], path: Path, rows: "RowNamer") -> np.ndarray:
+    """int8 (rows, 14) codes of the label columns (absent labels NOT_MENTIONED); bad cells raise."""
+    codes = np.full((len(df), len(CHEXPERT_LABELS)), NOT_MENTIONED, dtype=np.int8)
+    for j, name in enumerate(CHEXPERT_LABELS):
+        if name not in columns:
+            continue
+        codes[:, j], bad = parse_label_cells(df[columns[name]])
+        if bad.any():
+            # Only the column's label name is shown (the header may differ in case); never the cells.
+            raise ManifestError(f"manifest {path}: label column '{name}' on {rows(np.flatnonzero(bad))} holds "
+                                f"something other than a label value (the cells are not shown); {EXPECTED_VALUES}")
+    return codes
 
 
 def _existing(paths: list[Path]) -> np.ndarray:
@@ -309,6 +345,19 @@ def load_manifest(path: str | Path, *, name: str | None = None, credentialed: bo
         which = f"study {ids(studies)}" if ids(studies) else f"{len(studies)} study(ies)"
         raise ManifestError(f"manifest {path}: rows of {which} carry different report text ({where}); give every "
                             "row of a study the same report")
+    label_cols = _label_columns(df, path)
+    codes = _label_codes(df, label_cols, path, rows) if label_cols else None
+    if codes is not None:
+        # One label vector per study, like one report: rows of a study must carry the same codes.
+        per_study = pd.DataFrame(codes, columns=list(CHEXPERT_LABELS)).groupby(t["study_id"].to_numpy(), sort=False)
+        split = per_study.nunique().gt(1)
+        if split.any(axis=None):
+            sid_bad = split.index[split.any(axis=1)].tolist()
+            col = split.columns[split.loc[sid_bad[0]].to_numpy()][0]
+            which = f"study {ids(sid_bad)}" if ids(sid_bad) else f"{len(sid_bad)} study(ies)"
+            raise ManifestError(f"manifest {path}: rows of {which} carry different values in label column "
+                                f"'{col}' ({rows(t['pos'][t['study_id'] == sid_bad[0]])}; values not shown); give "
+                                "every row of a study the same labels")
     dup = t["image_id"].duplicated(keep=False)
     if dup.any():
         shown = ids(t["image_id"][t["image_id"].duplicated()].tolist())
@@ -356,7 +405,9 @@ def load_manifest(path: str | Path, *, name: str | None = None, credentialed: bo
         name=name or path.stem.removesuffix(".csv"), study_ids=study_ids,
         findings=first.loc[study_ids, "findings"].tolist(), impressions=first.loc[study_ids, "impression"].tolist(),
         image_ids=t["image_id"].tolist(), image_study=t["study_id"].map(index).to_numpy(dtype=np.int64),
-        views=t["view"].tolist(), image_paths=t["path"].tolist(), credentialed=credentialed)
+        views=t["view"].tolist(), image_paths=t["path"].tolist(), credentialed=credentialed,
+        labels=(StudyLabels.from_codes(codes[first.loc[study_ids, "pos"].to_numpy()], source="manifest columns")
+                if codes is not None else None))
     no_impression = int((first["impression"] == "").sum())
     meta: dict[str, Any] = {
         "source": "manifest", "path": str(path), "text_columns": mode,
@@ -364,6 +415,9 @@ def load_manifest(path: str | Path, *, name: str | None = None, credentialed: bo
         "counts": rs.counts(), "excluded_studies": ex_studies, "excluded_images": ex_images,
         "studies_without_impression": no_impression,
         "studies_without_findings": int((first["findings"] == "").sum()) if mode != "report" else None,
+        "labels": ({**rs.labels.summary(), "columns": [n for n in CHEXPERT_LABELS if n in label_cols]}
+                   if rs.labels is not None else {"source": None, "looked_for": "columns named after the "
+                                                  f"{len(CHEXPERT_LABELS)} CheXpert labels"}),
     }
     rs.meta.update(meta)
     if no_impression and mode != "report":

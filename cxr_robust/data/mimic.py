@@ -13,6 +13,10 @@ order (a study with neither findings nor impression counts as ``missing_findings
 whose images were all removed. The official ``mimic_cxr_sectioned.csv`` omits the 54 studies its custom
 rules handle; with that source they count as ``missing_report``.
 
+Labels: the root's ``mimic-cxr-2.0.0-chexpert.csv(.gz)`` (or ``-negbio``) is read when present and attached
+as ``RetrievalSet.labels`` (:mod:`cxr_robust.data.labels`); kept studies without a row are unlabelled, not
+excluded. ``meta["labels"]`` holds its counts, or says which file was looked for.
+
 MIMIC-CXR is credentialed: nothing here logs or raises report text. Errors name files, ids that have been
 checked to be ids (digits, hex DICOM ids, MIMIC paths built from them), line numbers and column names; never
 a header cell (a table without its header row would show its first row) nor any other cell. A
@@ -34,11 +38,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cxr_robust.data.labels import LABELERS, LabelFileError, StudyLabels, find_label_file, read_label_file
 from cxr_robust.data.manifest import RowNamer, describe_found_columns, reader_error_detail
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.sections import SectionedReport, extract_report
 
-__all__ = ["MimicLayoutError", "ReportSource", "ReportsRead", "PAPER_REFERENCE", "VIEW_MAP", "VIEW_FILTERS",
+__all__ = ["MimicLayoutError", "MimicLabelFileError", "ReportSource", "ReportsRead", "PAPER_REFERENCE", "VIEW_MAP", "VIEW_FILTERS",
            "detect_version", "find_table", "load_image_table", "find_report_source", "read_reports",
            "existing_images", "load_mimic"]
 
@@ -83,6 +88,10 @@ _OFFICIAL_COLUMNS = frozenset({
 
 class MimicLayoutError(ValueError):
     """The MIMIC-CXR-JPG directory, a table or a report is not what the loader expects (message says which)."""
+
+
+class MimicLabelFileError(MimicLayoutError, LabelFileError):
+    """The root's CheXpert/NegBio label file is unusable (caught as either parent)."""
 
 
 # ----------------------------------------------------------------------------------------------- tables --
@@ -398,15 +407,20 @@ def _section_text(report: SectionedReport, name: str) -> str:
 
 def load_mimic(root: str | Path, reports: str | Path | None = None, split: str = "validate",
                views: str = "all", require_sections: Sequence[str] = ("findings", "impression"),
-               on_bad_image: str = "error", on_bad_report: str = "error") -> RetrievalSet:
+               on_bad_image: str = "error", on_bad_report: str = "error",
+               labels: str | None = "chexpert") -> RetrievalSet:
     """The MIMIC-CXR-JPG evaluation set of ``split`` (see module doc); images are checked to exist and not
     be empty (zero bytes), but not opened: :func:`cxr_robust.data.images.find_unusable_images` reads headers.
 
     ``views``: ``all`` | ``frontal`` (AP, PA) | ``lateral`` (LATERAL, LL) | ``PA`` | ``AP``.
     ``require_sections``: sections that must be non-empty for a study to be kept.
     ``on_bad_image``/``on_bad_report``: ``error`` (default) or ``skip`` (drop and count the image/study).
+    ``labels``: labeler whose file to attach (``chexpert``, ``negbio``; :data:`~cxr_robust.data.labels.LABELERS`)
+    when the root has it, or None to skip labels. A malformed label file is an error.
     """
     root = Path(root)
+    if labels is not None and labels not in LABELERS:
+        raise ValueError(f"unknown labels={labels!r}; choose one of {', '.join(LABELERS)}, or None for no labels")
     view_key = str(views).strip().lower()
     if view_key not in VIEW_FILTERS:
         raise ValueError(f"unknown views={views!r}; choose one of all, frontal, lateral, PA, AP")
@@ -470,12 +484,13 @@ def load_mimic(root: str | Path, reports: str | Path | None = None, split: str =
     study_ids = sorted(kept_ids)
     index = {s: i for i, s in enumerate(study_ids)}
     reps = [read.reports[s] for s in study_ids]
+    study_labels, labels_meta = _read_labels(root, labels, study_ids)
     name = f"mimic-cxr-{split}" + ("" if view_key == "all" else f"-{view_key}")
     rs = RetrievalSet(
         name=name, study_ids=study_ids, findings=[r.findings for r in reps],
         impressions=[r.impression for r in reps], image_ids=keep["dicom_id"].tolist(),
         image_study=keep["study_id"].map(index).to_numpy(dtype=np.int64), views=keep["view"].tolist(),
-        image_paths=[root / p for p in keep["path"]], credentialed=True)
+        image_paths=[root / p for p in keep["path"]], credentialed=True, labels=study_labels)
     counts = rs.counts()
     counts["view_groups"] = dict(sorted(keep["view_group"].value_counts().to_dict().items()))
     rs.meta.update({
@@ -489,9 +504,30 @@ def load_mimic(root: str | Path, reports: str | Path | None = None, split: str =
         "images_without_metadata": info["images_without_metadata"],
         "unrecognised_view_positions": info["unrecognised_view_positions"],
         "empty_image_files": len(zero),
+        "labels": labels_meta,
     })
     log.info("MIMIC-CXR-JPG %s (%s, reports: %s): %d studies / %d images kept (paper: %d / %d); views %s",
              split, rs.meta["dataset_version"], source.kind, rs.num_studies, rs.num_images,
              PAPER_REFERENCE["studies"], PAPER_REFERENCE["images"], counts["views"])
     log.info("excluded studies by reason: %s; excluded images by reason: %s", ex_studies, ex_images)
+    if study_labels is not None:
+        log.info("labels (%s): %d of %d studies labelled, %d with an uncertain label", study_labels.source,
+                 labels_meta["labelled"], rs.num_studies, labels_meta["with_uncertain"])
+    elif labels is not None:
+        log.info("no %s label file in %s: the set has no labels", labels, root)
     return rs
+
+
+def _read_labels(root: Path, labeler: str | None,
+                 study_ids: Sequence[str]) -> tuple[StudyLabels | None, dict[str, Any] | None]:
+    """The kept studies' labels from the root's ``labeler`` file, and what ``meta["labels"]`` records."""
+    if labeler is None:
+        return None, {"source": None, "skipped": True}
+    path = find_label_file(root, labeler)
+    if path is None:
+        return None, {"source": None, "looked_for": f"{root / LABELERS[labeler]}.csv(.gz)"}
+    try:
+        got = read_label_file(path, study_ids)
+    except LabelFileError as exc:
+        raise MimicLabelFileError(f"{exc} (or pass labels=None to load the set without labels)") from None
+    return got, {**got.summary(), "labeler": labeler, "path": str(path)}

@@ -15,6 +15,8 @@ from cxr_robust.data.text_policy import TextPolicy, report_text
 if TYPE_CHECKING:
     from PIL import Image
 
+    from cxr_robust.data.labels import StudyLabels
+
 ON_BAD = ("error", "skip")
 """What to do with an unusable item (image, report): stop naming it, or leave it out and count it."""
 
@@ -35,6 +37,8 @@ class RetrievalSet:
 
     ``credentialed`` marks data that must never reach a report, a log or a cache name (MIMIC-CXR):
     outputs then carry only ids and numbers.
+
+    ``labels`` (optional): findings labels of the N studies, in study order (:mod:`cxr_robust.data.labels`).
     """
 
     name: str
@@ -48,6 +52,7 @@ class RetrievalSet:
     image_paths: list[Path] | None = None
     credentialed: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    labels: "StudyLabels | None" = None
 
     def __post_init__(self) -> None:
         self.image_study = np.asarray(self.image_study, dtype=np.int64)
@@ -75,6 +80,15 @@ class RetrievalSet:
         if without:
             raise ValueError(f"{self.name}: study {self.study_ids[without[0]]!r} (and {len(without) - 1} more) "
                              "has no image; drop such studies when building the set")
+        if self.labels is not None:
+            # Imported here: labels.py brings pandas, which a set without labels does not need.
+            from cxr_robust.data.labels import StudyLabels
+
+            if not isinstance(self.labels, StudyLabels):
+                raise TypeError(f"{self.name}: labels must be StudyLabels or None, not {type(self.labels).__name__}")
+            if self.labels.num_studies != n:
+                raise ValueError(f"{self.name}: {n} studies but labels for {self.labels.num_studies}; labels need "
+                                 "one row per study, in study order")
 
     @property
     def num_images(self) -> int:
@@ -149,4 +163,5 @@ class RetrievalSet:
             image_paths=[self.image_paths[j] for j in imgs] if self.image_paths is not None else None,
             credentialed=self.credentialed,
             meta=dict(self.meta),
+            labels=self.labels.subset(keep) if self.labels is not None else None,
         )
