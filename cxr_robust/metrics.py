@@ -11,26 +11,98 @@ Tie policies:
   scores give exactly ``k / N``.
 - ``optimistic``: ties resolved in favour of the true candidate (rank ``above + 1``).
 - ``pessimistic``: ties resolved against it (rank ``above + ties + 1``).
+
+Label-aware counts (:class:`LabelCounts`) judge the whole top k against findings labels: a candidate is
+relevant to a query when a :class:`Relevance` says its labels match those of the query's true study. They
+are computed from the same score rows as the rank counts (:func:`cxr_robust.scoring.score_ranks` with
+``relevance=``), and **always under the expected policy** (uniformly random tie-breaking): the top k of a
+row is well defined only up to the order of the candidates tied at its k-th score.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 TIE_POLICIES = ("expected", "optimistic", "pessimistic")
 
 
+class Relevance(Protocol):
+    """Which candidates count as relevant to a query, from findings labels.
+
+    ``labelled[i]`` says whether candidate study ``i`` has labels; a query is *labelled* iff its true study
+    is. ``rows(study_indices)`` is a bool matrix ``(len(study_indices), N)``: row ``j`` marks the candidates
+    relevant to a query whose true study is ``study_indices[j]`` (only asked for labelled studies). A
+    labelled query's own true report always counts as relevant, whatever ``rows`` says.
+    (:class:`cxr_robust.data.labels.LabelMatch` implements it.)
+    """
+
+    labelled: np.ndarray
+
+    def rows(self, study_indices: np.ndarray) -> np.ndarray:
+        """Bool ``(len(study_indices), N)``: the candidates relevant to each of these true studies."""
+        ...
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    """Per-query label precision@k and label hit@k, expected under uniformly random tie-breaking.
+
+    For query ``q`` and depth ``k``, let ``t`` be the k-th largest score of its row, ``c`` the number of
+    candidates scored above ``t`` and ``r`` the relevant ones among them, ``g`` the number scored exactly
+    ``t`` and ``rg`` the relevant ones among those, and ``s = k - c`` (1..g) the top-k slots the tie group
+    fills. Then
+
+    * ``precision = (r + s * rg / g) / k`` (the expected fraction of the top k that is relevant);
+    * ``hit = 1`` if ``r > 0``, else ``1 - C(g - rg, s) / C(g, s)`` (the probability that the top k holds a
+      relevant candidate: one minus that of drawing no relevant one in ``s`` draws from the tie group).
+
+    Always the ``expected`` tie policy, whatever policy the rank metrics use. Rows of unlabelled queries are
+    NaN (``labelled`` is False there). ``precision`` and ``hit`` are ``(M, K)`` float64, columns in ``ks``.
+    """
+
+    ks: tuple[int, ...]
+    precision: np.ndarray
+    hit: np.ndarray
+    labelled: np.ndarray
+
+    def __post_init__(self) -> None:
+        m = int(np.shape(self.labelled)[0]) if np.ndim(self.labelled) == 1 else -1
+        shape = (m, len(self.ks))
+        if m < 0 or np.shape(self.precision) != shape or np.shape(self.hit) != shape:
+            raise ValueError(f"label counts: precision {np.shape(self.precision)} and hit {np.shape(self.hit)} must "
+                             f"be (queries, len(ks)) = {shape} with labelled of shape (queries,)")
+
+    @property
+    def n_labelled(self) -> int:
+        """How many queries have findings labels (the label metrics average over these)."""
+        return int(np.count_nonzero(self.labelled))
+
+    def column(self, k: int) -> int:
+        """The column of depth ``k``; a ValueError naming the recorded depths when it was not computed."""
+        if k not in self.ks:
+            raise ValueError(f"label counts were computed at k in {list(self.ks)}, not k={k}; pass it in label_ks")
+        return self.ks.index(k)
+
+    def take(self, index: np.ndarray) -> "LabelCounts":
+        """The counts of the queries ``index`` (in that order)."""
+        return LabelCounts(self.ks, self.precision[index], self.hit[index], self.labelled[index])
+
+
 @dataclass(frozen=True)
 class RankCounts:
-    """Per-query ``above`` and ``ties`` counts over ``n_candidates`` candidates."""
+    """Per-query ``above`` and ``ties`` counts over ``n_candidates`` candidates.
+
+    ``label``: label-aware counts from the same scores (:class:`LabelCounts`), when findings labels were given.
+    """
 
     above: np.ndarray
     ties: np.ndarray
     n_candidates: int
+    label: LabelCounts | None = None
 
     @property
     def n_queries(self) -> int:
@@ -70,12 +142,19 @@ def check_ks(ks: Sequence[int], n_candidates: int) -> list[int]:
     return out
 
 
-def rank_counts(scores: Any, targets: Any) -> RankCounts:
+def rank_counts(scores: Any, targets: Any, relevance: Relevance | None = None,
+                label_ks: Sequence[int] = ()) -> RankCounts:
     """Count, per query, candidates scored above and tied with the true one.
 
     ``scores`` is an ``(M, N)`` NumPy array or torch tensor (any device; counted there, no Python loop over
-    queries); ``targets`` holds each query's true candidate index.
+    queries); ``targets`` holds each query's true candidate index. With ``relevance`` the result also
+    carries :class:`LabelCounts` at depths ``label_ks`` (see :func:`label_counts`).
     """
+    if relevance is not None or len(label_ks):
+        base = rank_counts(scores, targets)
+        scores_np = scores.detach().cpu().numpy() if _is_torch(scores) else np.asarray(scores)
+        return RankCounts(base.above, base.ties, base.n_candidates,
+                          label_counts(scores_np, targets, relevance, label_ks))
     if _is_torch(scores):
         return _rank_counts_torch(scores, targets)
     scores = np.asarray(scores)
@@ -124,6 +203,119 @@ def _check_inputs(score_shape: tuple, target_shape: tuple, lo: int, hi: int) -> 
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
+
+
+def check_label_inputs(relevance: Relevance | None, label_ks: Sequence[int], n_candidates: int) -> tuple[int, ...]:
+    """Validate ``relevance`` and ``label_ks`` together (both or neither); returns the depths."""
+    if relevance is None:
+        if len(label_ks):
+            raise ValueError(f"label_ks={list(label_ks)} given without relevance: label metrics need findings labels")
+        return ()
+    ks = tuple(check_ks(label_ks, n_candidates))
+    if not ks:
+        raise ValueError("relevance given without label_ks: name the depths k of label precision@k and hit@k")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"label_ks {list(ks)} repeat a depth")
+    labelled = np.asarray(relevance.labelled)
+    if labelled.dtype != bool or labelled.shape != (n_candidates,):
+        raise ValueError(f"relevance.labelled must be a bool array of shape ({n_candidates},) (one per candidate "
+                         f"study), got {labelled.dtype} {labelled.shape}")
+    return ks
+
+
+def label_counts(scores: np.ndarray, targets: Any, relevance: Relevance | None, ks: Sequence[int]) -> LabelCounts:
+    """:class:`LabelCounts` of an ``(M, N)`` NumPy score matrix (one call per score chunk is fine: rows are
+    independent, so chunking never changes the result)."""
+    scores = np.asarray(scores)
+    targets = np.asarray(targets, dtype=np.int64)
+    _check_inputs(scores.shape, targets.shape, targets.min() if targets.size else 0,
+                  targets.max() if targets.size else 0)
+    ks_t = check_label_inputs(relevance, ks, scores.shape[1])
+    if relevance is None:  # unreachable: check_label_inputs refuses ks without relevance; keeps type checkers happy
+        raise ValueError("label counts need a relevance")
+    precision, hit, labelled = label_rows(scores, targets, relevance, np.array(ks_t, dtype=np.int64))
+    return LabelCounts(ks_t, precision, hit, labelled)
+
+
+def label_rows(scores: np.ndarray, targets: np.ndarray, relevance: Relevance,
+               ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expected label precision and hit ``(m, K)`` and the labelled mask ``(m,)`` of a score chunk.
+
+    Inputs are assumed checked (:func:`check_label_inputs`). Cost per chunk: one ``argpartition`` of each
+    labelled row (the top ``max(ks)`` candidates), a sort of those ``max(ks)``, and ``(m, K, max(ks))``
+    comparisons; the full row is compared again only for rows whose tie at the ``max(ks)``-th score reaches
+    past the partition. No Python loop over queries.
+    """
+    m, n = scores.shape
+    n_k = len(ks)
+    labelled = np.asarray(relevance.labelled, dtype=bool)[targets]
+    precision = np.full((m, n_k), np.nan)
+    hit = np.full((m, n_k), np.nan)
+    rows = np.flatnonzero(labelled)
+    if rows.size == 0:
+        return precision, hit, labelled
+    own = targets[rows]
+    rel = np.asarray(relevance.rows(own))
+    if rel.dtype != bool or rel.shape != (rows.size, n):
+        raise ValueError(f"relevance.rows returned {rel.dtype} {rel.shape}, expected bool ({rows.size}, {n})")
+    ar = np.arange(rows.size)
+    if not rel[ar, own].all():  # the true report is relevant to its own query (copy: rows may be cached)
+        rel = rel.copy()
+        rel[ar, own] = True
+    s = scores if rows.size == m else scores[rows]
+    kmax = int(ks.max())
+    if kmax < n:
+        # The kmax largest scores of each row (unordered) land in the last kmax columns; the column before them
+        # holds the (kmax+1)-th largest, which tells whether the tie at the kmax-th score reaches outside.
+        part = np.argpartition(s, (n - kmax - 1, n - kmax), axis=1)
+        idx = part[:, n - kmax:]
+        outside = np.take_along_axis(s, part[:, n - kmax - 1:n - kmax], axis=1)[:, 0]
+    else:
+        idx = np.broadcast_to(np.arange(n), (rows.size, n))
+        outside = None
+    top = np.take_along_axis(s, idx, axis=1)
+    top_rel = np.take_along_axis(rel, idx, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    top_rel = np.take_along_axis(top_rel, order, axis=1)[:, None, :]
+    t = top[:, ks - 1]  # (m', K): the k-th largest score
+    above = top[:, None, :] > t[:, :, None]
+    tied = top[:, None, :] == t[:, :, None]
+    c = np.count_nonzero(above, axis=2)
+    r = np.count_nonzero(above & top_rel, axis=2)
+    g = np.count_nonzero(tied, axis=2)
+    rg = np.count_nonzero(tied & top_rel, axis=2)
+    if outside is not None:
+        t_max = top[:, kmax - 1]
+        spill = np.flatnonzero(outside == t_max)  # the tie at the kmax-th score continues past the partition
+        if spill.size:
+            eq = s[spill] == t_max[spill, None]
+            g_full = np.count_nonzero(eq, axis=1)[:, None]
+            rg_full = np.count_nonzero(eq & rel[spill], axis=1)[:, None]
+            at_max = t[spill] == t_max[spill, None]  # depths whose k-th score is that tie
+            g[spill] = np.where(at_max, g_full, g[spill])
+            rg[spill] = np.where(at_max, rg_full, rg[spill])
+    slots = ks[None, :] - c  # 1..g
+    precision[rows] = (r + slots * rg / g) / ks[None, :]
+    hit[rows] = np.where(r > 0, 1.0, 1.0 - _none_drawn(g, rg, slots))
+    return precision, hit, labelled
+
+
+def _none_drawn(g: np.ndarray, rg: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``C(g - rg, s) / C(g, s)``: the probability that ``s`` draws without replacement from ``g`` items, ``rg``
+    of them relevant, miss every relevant one.
+
+    Symmetric in ``rg`` and ``s``, it is the product of ``(g - B - j) / (g - j)`` for ``j < L``, with
+    ``L = min(rg, s)`` and ``B = max(rg, s)``: exact to a few ulps, and the loop runs ``max(L)`` times over
+    whole arrays (``L`` is 0 or 1 unless scores tie).
+    """
+    short = np.minimum(rg, s)
+    base = g - np.maximum(rg, s)
+    out = np.ones(g.shape)
+    for j in range(int(short.max()) if short.size else 0):
+        factor = np.maximum(base - j, 0) / (g - j).clip(min=1)
+        out *= np.where(j < short, factor, 1.0)
+    return out
 
 
 def _hit_fractions(counts: RankCounts, ks: np.ndarray, policy: str) -> tuple[np.ndarray, np.ndarray]:

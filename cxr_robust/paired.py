@@ -101,7 +101,8 @@ def _first_duplicates(ids: list[str], n: int = 3) -> list[str]:
 def _reorder(counts: RankCounts, index: np.ndarray | None) -> RankCounts:
     if index is None:
         return counts
-    return RankCounts(counts.above[index], counts.ties[index], counts.n_candidates)
+    label = None if counts.label is None else counts.label.take(index)
+    return RankCounts(counts.above[index], counts.ties[index], counts.n_candidates, label)
 
 
 def mcnemar_p(b: int, c: int) -> float:

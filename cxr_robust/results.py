@@ -20,7 +20,7 @@ import numpy as np
 
 from cxr_robust.atomic import atomic_open, atomic_write_text, check_writable_dir
 from cxr_robust.baselines import severity_text
-from cxr_robust.metrics import RankCounts
+from cxr_robust.metrics import LabelCounts, RankCounts
 from cxr_robust.perturbations.base import Condition, ConditionMap, as_condition
 
 SCHEMA = "cxr-robust/results/1"
@@ -160,7 +160,11 @@ def _ranks_name(condition: Condition) -> str:
 
 def save_ranks(path: str | Path, counts: dict[Condition, RankCounts], image_ids: list[str],
                meta: dict[str, Any]) -> Path:
-    """Per-query rank counts of every condition (for paired comparisons), written atomically as ``.npz``."""
+    """Per-query rank counts of every condition (for paired comparisons), written atomically as ``.npz``.
+
+    Per condition: ``above_<c>``, ``ties_<c>``, ``n_<c>``; with label counts also ``labelprec_<c>`` and
+    ``labelhit_<c>`` ``(M, K)``, ``labelled_<c>`` ``(M,)`` and ``labelks_<c>`` ``(K,)``.
+    """
     path = Path(path)
     arrays: dict[str, Any] = {"image_ids": np.array(image_ids, dtype=str),
                               "meta": np.array(json.dumps(meta, sort_keys=True, default=_jsonable))}
@@ -169,6 +173,11 @@ def save_ranks(path: str | Path, counts: dict[Condition, RankCounts], image_ids:
         arrays[f"above_{name}"] = c.above
         arrays[f"ties_{name}"] = c.ties
         arrays[f"n_{name}"] = np.array(c.n_candidates)
+        if c.label is not None:
+            arrays[f"labelprec_{name}"] = c.label.precision
+            arrays[f"labelhit_{name}"] = c.label.hit
+            arrays[f"labelled_{name}"] = c.label.labelled
+            arrays[f"labelks_{name}"] = np.array(c.label.ks, dtype=np.int64)
     with atomic_open(path, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     return path
@@ -226,10 +235,30 @@ def _parse_ranks(npz: Any) -> tuple[dict[Condition, RankCounts], list[str], dict
                 raise _Malformed(f"condition {r}: {above.shape[0] if above.ndim else 0} ranks for "
                                  f"{len(image_ids)} images")
             cond = Condition.from_key(r) if "@" in r else Condition("occlusion", float(r))
-            counts[cond] = RankCounts(above, ties, int(npz[f"n_{r}"]))
+            counts[cond] = RankCounts(above, ties, int(npz[f"n_{r}"]), _parse_label(npz, r, len(image_ids)))
     if not counts:
         raise _Malformed("no per-condition ranks in it")
     return ConditionMap(sorted(counts.items())), image_ids, meta
+
+
+def _parse_label(npz: Any, r: str, m: int) -> LabelCounts | None:
+    """The label counts of condition ``r`` when the file has them (files written before them: None)."""
+    names = [f"labelprec_{r}", f"labelhit_{r}", f"labelled_{r}", f"labelks_{r}"]
+    present = [name in npz.files for name in names]
+    if not any(present):
+        return None
+    if not all(present):
+        raise _Malformed(f"condition {r}: label arrays {[n for n, p in zip(names, present) if not p]} are missing")
+    ks = tuple(int(k) for k in np.atleast_1d(npz[names[3]]))
+    labelled = npz[names[2]]
+    if labelled.shape != (m,):
+        raise _Malformed(f"condition {r}: label arrays for {labelled.shape[0] if labelled.ndim else 0} queries, "
+                         f"{m} images")
+    try:
+        return LabelCounts(ks, npz[names[0]].astype(np.float64), npz[names[1]].astype(np.float64),
+                           labelled.astype(bool))
+    except ValueError as exc:
+        raise _Malformed(f"condition {r}: {exc}") from None
 
 
 def _load_problem(exc: BaseException) -> str:

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from cxr_robust.metrics import RankCounts
+from cxr_robust.metrics import LabelCounts, RankCounts, Relevance, check_label_inputs, label_rows
 
 if TYPE_CHECKING:
     import torch
 
 
 def score_ranks(image_emb: "torch.Tensor", text_emb: "torch.Tensor", targets: Any,
-                chunk_rows: int = 8192) -> RankCounts:
+                chunk_rows: int = 8192, relevance: Relevance | None = None,
+                label_ks: Sequence[int] = ()) -> RankCounts:
     """Rank counts of each image's true report under cosine similarity.
 
     Embeddings must already be L2-normalised (the model adapters guarantee it), so cosine is one matrix
     product. Queries are processed in chunks of ``chunk_rows`` so memory stays ``chunk_rows x N``. The
     chunk size is fixed, so results never depend on it.
+
+    With ``relevance`` (findings labels, :class:`~cxr_robust.metrics.Relevance`) the counts also carry
+    :class:`~cxr_robust.metrics.LabelCounts` at depths ``label_ks``, computed from the same score chunks (no
+    second product; see :func:`cxr_robust.metrics.label_rows` for the cost). Without it nothing changes.
     """
     import torch
 
@@ -39,6 +44,10 @@ def score_ranks(image_emb: "torch.Tensor", text_emb: "torch.Tensor", targets: An
             bad = (~torch.isfinite(emb).all(dim=1)).nonzero().flatten().tolist()
         if bad:
             raise ValueError(f"{name} embeddings contain NaN or Inf in rows {bad[:5]}")
+    ks = np.array(check_label_inputs(relevance, label_ks, n), dtype=np.int64)
+    if relevance is not None:
+        precision, hit = np.empty((m, ks.size)), np.empty((m, ks.size))
+        labelled = np.empty(m, bool)
     text_t = text_emb.T.contiguous()
     above, ties = np.empty(m, np.int64), np.empty(m, np.int64)
     for a in range(0, m, chunk_rows):
@@ -56,4 +65,10 @@ def score_ranks(image_emb: "torch.Tensor", text_emb: "torch.Tensor", targets: An
             true = scores.gather(1, idx)
             above[a:b] = (scores > true).sum(dim=1).cpu().numpy()
             ties[a:b] = (scores == true).sum(dim=1).cpu().numpy() - 1
-    return RankCounts(above, ties, n)
+        if relevance is not None:
+            # Label counts are computed in NumPy: on a GPU this copies the chunk's scores (chunk_rows x N) to the
+            # host, so memory stays O(chunk_rows x N) there too.
+            s_np = scores.numpy() if scores.device.type == "cpu" else scores.float().cpu().numpy()
+            precision[a:b], hit[a:b], labelled[a:b] = label_rows(s_np, targets_np[a:b], relevance, ks)
+    label = LabelCounts(tuple(int(k) for k in ks), precision, hit, labelled) if relevance is not None else None
+    return RankCounts(above, ties, n, label)
