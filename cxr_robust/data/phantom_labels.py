@@ -113,7 +113,8 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
     "Support Devices": re.compile(
         r"\b(?:endotracheal tube|tracheostomy tube|nasogastric tube|orogastric tube|feeding tube|enteric tube|"
         r"chest tube|central (?:venous )?line|central venous catheter|peripherally inserted central catheter|"
-        r"et tube|ett|ng tube|og tube|picc|cvc|icd|pacemaker|implantable cardioverter-defibrillator|support devices|devices)\b"),
+        r"et tube|ett|ng tube|og tube|picc|cvc|icd|pacemaker|implantable cardioverter-defibrillator|"
+        r"support devices|devices)\b"),
 }
 
 
@@ -122,14 +123,28 @@ def _sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?;])\s+", text) if s.strip()]
 
 
+VOCABULARY: tuple[str, ...] = (
+    # the reader's own words
+    "cardiomegaly", "heart", "size", "normal", "within", "limits", "borderline", "effusion", "effusions",
+    "pneumothorax", "pneumothoraces", "consolidation", "consolidations", "nodule", "nodules", "mass", "masses",
+    "endotracheal", "tracheostomy", "nasogastric", "orogastric", "feeding", "enteric", "chest", "tube", "central",
+    "venous", "line", "catheter", "peripherally", "inserted", "pacemaker", "implantable", "cardioverter",
+    "defibrillator", "support", "devices", "possible", "possibly", "probable", "questionable", "suspected",
+    "might", "negative", "without", "free", "absence", "absent", "however", "although", "except",
+    # every other word of four or more letters the phantom generator writes
+    "there", "mild", "moderate", "severe", "small", "large", "left", "right", "bilateral", "pleural", "noted",
+    "focal", "patchy", "airspace", "upper", "lower", "zone", "lungs", "clear", "place", "acute",
+    "cardiopulmonary", "process", "disease")
+"""Words whose typos (:class:`~cxr_robust.perturbations.report.Typos`) the reader undoes, besides the report
+perturbations' own tables: its own words and every word of four or more letters of a phantom report."""
+
+
 @functools.lru_cache(maxsize=1)
 def _canonicalizer() -> Any:
-    """The report perturbations' normaliser (typos, abbreviations, synonyms -> one canonical text)."""
-    try:
-        from cxr_robust.perturbations.report import canonical_text
-    except ImportError:  # the report perturbations are not there yet: read the text as written
-        return lambda text: text
-    return canonical_text
+    """The report perturbations' normaliser (typos undone, abbreviations expanded, synonyms canonical)."""
+    from cxr_robust.perturbations.report import canonical_text
+
+    return functools.partial(canonical_text, vocabulary=VOCABULARY)
 
 
 def _read_sentence(sentence: str, found: dict[str, int]) -> None:
