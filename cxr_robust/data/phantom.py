@@ -11,6 +11,7 @@ the image right, as chest films are displayed: a *right* effusion appears on the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -46,7 +47,7 @@ NODULE_MM = (5, 25)  # inclusive range of nodule diameters
 DEVICE_NAMES = ("ET tube", "central line", "pacemaker")  # as written in reports
 
 _DOMAIN = 0x7068616E  # "phan": keeps these streams apart from any other user of SeedSequence
-_PURPOSES = {"description": 0, "report": 1, "views": 2, "image": 3}
+_PURPOSES = {"description": 0, "report": 1, "views": 2, "image": 3, "twin": 4}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,36 +184,66 @@ def finding_phrases(desc: StudyDescription) -> list[str]:
     return out
 
 
+class _Picks:
+    """The random picks of one report rendering, each under a slot name, replayable by a second rendering.
+
+    A fresh rendering draws every pick from ``rng`` in call order (exactly the draws ``render_report`` always
+    made). A replaying rendering reuses ``replay``'s pick for every slot it holds (with the same number of
+    options) and draws only the slots that are new to it from ``rng``.
+    """
+
+    def __init__(self, rng: np.random.Generator, replay: dict[str, tuple[int, float]] | None = None) -> None:
+        self.rng = rng
+        self.replay = replay or {}
+        self.made: dict[str, tuple[int, float]] = {}  # slot -> (number of options, or 0 for a uniform; value)
+
+    def _value(self, slot: str, kind: int, draw) -> float:
+        old = self.replay.get(slot)
+        value = old[1] if old is not None and old[0] == kind else draw()
+        self.made[slot] = (kind, value)
+        return value
+
+    def pick(self, slot: str, options: Sequence[str]) -> str:
+        n = len(options)
+        return options[int(self._value(slot, n, lambda: int(self.rng.integers(n))))]
+
+    def uniform(self, slot: str) -> float:
+        return float(self._value(slot, 0, lambda: float(self.rng.random())))
+
+
 def render_report(desc: StudyDescription, rng: np.random.Generator) -> tuple[str, str]:
     """(findings, impression) of ``desc``: compact (about 50 CLIP tokens) with paraphrase variety."""
-    def pick(options: Sequence[str]) -> str:
-        return options[int(rng.integers(len(options)))]
+    return _render_report(desc, _Picks(rng))
 
+
+def _render_report(desc: StudyDescription, picks: _Picks) -> tuple[str, str]:
+    """The report of ``desc`` with every random pick made through ``picks`` (slot names are stable)."""
+    pick = picks.pick
     heart = _heart_core(desc.heart_grade)
-    heart_s = pick([f"{_cap(heart)}.", f"The {heart}."] if desc.heart_grade == 0
+    heart_s = pick("heart", [f"{_cap(heart)}.", f"The {heart}."] if desc.heart_grade == 0
                    else [f"{_cap(heart)}.", f"There is {heart}."])
     lung: list[str] = []
     if desc.effusion_side != "none":
         lung.append(_cap(_effusion_core(desc)) + ".")
     if desc.pneumothorax != "none":
-        lung.append(f"{_cap(desc.pneumothorax)} pneumothorax" + pick([".", " noted."]))
-    absent = [pick(["effusion", "pleural effusion"])] if desc.effusion_side == "none" else []
+        lung.append(f"{_cap(desc.pneumothorax)} pneumothorax" + pick("pneumothorax", [".", " noted."]))
+    absent = [pick("no effusion", ["effusion", "pleural effusion"])] if desc.effusion_side == "none" else []
     absent += ["pneumothorax"] if desc.pneumothorax == "none" else []
     if absent:
         lung.append(f"No {' or '.join(absent)}.")
     if desc.opacity_zone:
-        lung.append(f"{pick(['Focal', 'Patchy', 'Airspace'])} {desc.opacity_zone} consolidation.")
+        lung.append(f"{pick('consolidation', ['Focal', 'Patchy', 'Airspace'])} {desc.opacity_zone} consolidation.")
     if len(desc.nodules) == 1:
-        lung.append(pick(["{} zone nodule.", "Nodule: {}."]).format(_nodule_core(desc.nodules[0])))
+        lung.append(pick("nodule", ["{} zone nodule.", "Nodule: {}."]).format(_nodule_core(desc.nodules[0])))
     elif desc.nodules:
         lst = _join([_nodule_core(n) for n in desc.nodules])
-        lung.append(pick([f"Nodules: {lst}.", f"{_cap(lst)} nodules."]))
+        lung.append(pick("nodules", [f"Nodules: {lst}.", f"{_cap(lst)} nodules."]))
     if not desc.opacity_zone and not desc.nodules:
-        lung.append(pick(["Lungs are clear.", "Clear lungs."]))
+        lung.append(pick("clear", ["Lungs are clear.", "Clear lungs."]))
     elif not desc.opacity_zone or not desc.nodules:
         lung.append("No consolidation." if not desc.opacity_zone else "No nodule.")
-    devices = [_cap(_join(desc.devices)) + pick([" in place.", " noted."])] if desc.devices else []
-    body = [heart_s] + lung if rng.random() < 0.6 else lung + [heart_s]
+    devices = [_cap(_join(desc.devices)) + pick("devices", [" in place.", " noted."])] if desc.devices else []
+    body = [heart_s] + lung if picks.uniform("heart first") < 0.6 else lung + [heart_s]
     findings = " ".join(devices + body)
 
     positives: list[str] = []
@@ -229,7 +260,7 @@ def render_report(desc: StudyDescription, rng: np.random.Generator) -> tuple[str
     if positives:
         impression = _cap(", ".join(positives)) + "."
     else:
-        impression = pick(["No acute cardiopulmonary process.", "No acute disease."])
+        impression = pick("normal impression", ["No acute cardiopulmonary process.", "No acute disease."])
         impression += " Devices in place." if desc.devices else ""
     return findings, impression
 
@@ -515,6 +546,85 @@ def study_text(split: str, seed: int, index: int) -> tuple[StudyDescription, str
     desc = describe_study(np.random.default_rng(study_seed(split, seed, index, "description")))
     findings, impression = render_report(desc, np.random.default_rng(study_seed(split, seed, index, "report")))
     return desc, findings, impression
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Negated twins: the same study with exactly one finding's presence flipped, reported with the same wording.
+
+TWIN_FINDINGS = ("Cardiomegaly", "Consolidation", "Lung Lesion", "Pleural Effusion", "Pneumothorax")
+"""CheXpert labels a phantom twin can flip (devices and borderline heart size never flip)."""
+
+
+@dataclass(frozen=True)
+class TwinReport:
+    """A study's report with one finding's presence flipped (a negation hard negative).
+
+    ``finding`` is the CheXpert label flipped and ``present`` whether the twin reports it present; ``exact`` is
+    True when the twin comes from the generator (its description is known) and False for a text rewrite.
+    """
+
+    findings: str
+    impression: str
+    finding: str
+    present: bool
+    exact: bool = True
+
+
+def twin_description(desc: StudyDescription, rng: np.random.Generator) -> tuple[StudyDescription, str, bool]:
+    """(twin, CheXpert label flipped, present in the twin): ``desc`` with one seeded finding flipped.
+
+    The finding is drawn uniformly among those that can flip in this study: Pleural Effusion (none <-> a drawn
+    side and size), Pneumothorax (none <-> a drawn side), Consolidation (none <-> a drawn zone holding no
+    nodule), Lung Lesion (any nodules <-> none / one drawn nodule) and Cardiomegaly (normal heart -> "mild",
+    mild or moderate-severe -> normal; a borderline heart never flips). Nothing else changes. ``rng`` is
+    consumed by a fixed number of draws whatever is flipped.
+    """
+    which, side, size, ptx, zone, mm = (int(v) for v in rng.integers(0, 2**31, 6))
+    uv = [float(v) for v in rng.uniform(0.15, 0.85, 2)]
+    eligible = [f for f in TWIN_FINDINGS if f != "Cardiomegaly" or desc.heart_grade != 1]
+    finding = eligible[which % len(eligible)]
+    if finding == "Cardiomegaly":
+        twin = dataclasses.replace(desc, heart_grade=2 if desc.heart_grade == 0 else 0)
+        return twin, finding, twin.heart_grade > 0
+    if finding == "Pleural Effusion":
+        if desc.effusion_side == "none":
+            twin = dataclasses.replace(desc, effusion_side=EFFUSION_SIDES[1 + side % 3],
+                                       effusion_size=EFFUSION_SIZES[size % 3])
+        else:
+            twin = dataclasses.replace(desc, effusion_side="none", effusion_size=None)
+        return twin, finding, twin.effusion_side != "none"
+    if finding == "Pneumothorax":
+        twin = dataclasses.replace(desc, pneumothorax=PNEUMOTHORAX_SIDES[1 + ptx % 2]
+                                   if desc.pneumothorax == "none" else "none")
+        return twin, finding, twin.pneumothorax != "none"
+    if finding == "Consolidation":
+        free = [z for z in ZONES if z not in {n.zone for n in desc.nodules}]
+        twin = dataclasses.replace(desc, opacity_zone=free[zone % len(free)] if desc.opacity_zone is None else None)
+        return twin, finding, twin.opacity_zone is not None
+    free = [z for z in ZONES if z != desc.opacity_zone]
+    nodules = () if desc.nodules else (Nodule(NODULE_MM[0] + mm % (NODULE_MM[1] - NODULE_MM[0] + 1),
+                                              free[zone % len(free)], uv[0], uv[1]),)
+    return dataclasses.replace(desc, nodules=nodules), finding, bool(nodules)
+
+
+def study_twin(split: str, seed: int, index: int) -> tuple[StudyDescription, StudyDescription, TwinReport]:
+    """(description, twin description, twin report) of study ``index``; the original report is unchanged.
+
+    The twin's report replays every paraphrase pick of the original report that it shares (same framing,
+    same sentence order) and draws the picks only it has from the study's "twin" stream.
+    """
+    desc = describe_study(np.random.default_rng(study_seed(split, seed, index, "description")))
+    original = _Picks(np.random.default_rng(study_seed(split, seed, index, "report")))
+    _render_report(desc, original)
+    twin, finding, present = twin_description(desc, np.random.default_rng(study_seed(split, seed, index, "twin")))
+    replay = _Picks(np.random.default_rng(study_seed(split, seed, index, "twin", 1)), replay=original.made)
+    findings, impression = _render_report(twin, replay)
+    return desc, twin, TwinReport(findings, impression, finding, present)
+
+
+def twin_report(split: str, seed: int, index: int) -> TwinReport:
+    """The negated twin of study ``index`` of (``split``, ``seed``): exactly one finding's presence flipped."""
+    return study_twin(split, seed, index)[2]
 
 
 def make_study(split: str, seed: int, index: int, image_size: int = 256) -> PhantomStudy:
