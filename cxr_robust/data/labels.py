@@ -21,6 +21,7 @@ they have been checked to be digits.
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import zlib
@@ -165,8 +166,8 @@ class StudyLabels:
         """Counts only (safe for reports and logs of credentialed data): labelled, unlabelled, uncertain."""
         n_labelled = int(self.labelled.sum())
         return {"source": self.source, "studies": self.num_studies, "labels": len(self.names),
-                "labelled": n_labelled, "unlabelled": self.num_studies - n_labelled,
-                "with_uncertain": int((self.codes == UNCERTAIN).any(axis=1).sum()),
+                "labelled_studies": n_labelled, "unlabelled_studies": self.num_studies - n_labelled,
+                "uncertain_studies": int((self.codes == UNCERTAIN).any(axis=1).sum()),
                 "uncertain_policies": list(UNCERTAIN_POLICIES), "default_uncertain": DEFAULT_UNCERTAIN}
 
 
@@ -193,7 +194,7 @@ class MatchRule:
 
 _RULE_FORMS = ("exact (default: the same set of present findings over all labels)",
                "jaccard>=T or jaccard:T with 0 < T <= 1 (Jaccard similarity of the present findings >= T)")
-_JACCARD = re.compile(r"jaccard\s*(?:>=|:)\s*([0-9.eE+-]+)")
+_JACCARD = re.compile(r"jaccard\s*(?:>=|:)\s*(.*)")
 
 
 def parse_match_rule(text: "str | MatchRule") -> MatchRule:
@@ -278,21 +279,27 @@ class LabelMatch:
 
 # --------------------------------------------------------------------------------------------- readers --
 
+def _code_of_cell(cell: str) -> int | None:
+    """The code of one cell (surrounding spaces ignored), or None when it is not a label value."""
+    c = cell.strip()
+    if c in _CODE_OF:
+        return _CODE_OF[c]
+    m = _CODE_SHAPE.fullmatch(c)  # other spellings of the same numbers: 1.00, -1.
+    return None if m is None else int(m.group(2)) * (-1 if m.group(1) else 1)
+
+
 def parse_label_cells(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(codes int8, bad bool) for the string cells of one label column; ``bad`` cells get NOT_MENTIONED."""
-    s = values.astype(str).str.strip()
-    mapped = s.map(_CODE_OF)
-    todo = mapped.isna()
-    if todo.any():
-        # Other spellings of the same numbers (1.00, -1.) are accepted; anything else is bad.
-        m = s[todo].str.fullmatch(_CODE_SHAPE.pattern)
-        ok = s[todo][m]
-        parts = ok.str.extract(_CODE_SHAPE.pattern)
-        vals = parts[1].astype(int) * np.where(parts[0] == "-", -1, 1)
-        mapped.loc[ok.index] = vals.to_numpy()
-    bad = mapped.isna().to_numpy()
-    codes = mapped.fillna(NOT_MENTIONED).to_numpy(dtype=np.int64)
-    return codes.astype(np.int8), bad
+    """(codes int8, bad bool) for the string cells of one label column; ``bad`` cells get NOT_MENTIONED.
+
+    A missing value (NaN) is an empty cell.
+    """
+    # By distinct value: a column of 200k cells holds a handful of them, and mapping each cell is slow.
+    cat = pd.Categorical(values)
+    per_value = [_code_of_cell(str(c)) for c in cat.categories]
+    bad_value = np.array([c is None for c in per_value] + [False], dtype=bool)  # last: NaN (code -1)
+    code_value = np.array([NOT_MENTIONED if c is None else c for c in per_value] + [NOT_MENTIONED], dtype=np.int8)
+    idx = np.asarray(cat.codes)
+    return code_value[idx], bad_value[idx]
 
 
 def find_label_file(root: str | Path, labeler: str = "chexpert") -> Path | None:
@@ -339,6 +346,10 @@ def read_label_file(path: str | Path, study_ids: Sequence[str]) -> StudyLabels:
     if n == 0:
         raise LabelFileError(f"{path}: the label file has a header but no rows; {fix}")
     rows = RowNamer(path, n)
+    if _last_record_short(path, len(header)):
+        # pandas fills a short row with empty cells, i.e. "not mentioned": a cut-off plain CSV would pass.
+        raise LabelFileError(f"{path}: the last row ({rows([n - 1])}) has fewer fields than the header: the file "
+                             f"looks cut off; {fix}")
 
     sid = table["study_id"].str.strip().str.removeprefix("s")
     not_id = ~sid.str.fullmatch(r"\d+")
@@ -375,6 +386,21 @@ def read_label_file(path: str | Path, study_ids: Sequence[str]) -> StudyLabels:
     out = np.full((len(keys), len(CHEXPERT_LABELS)), NOT_MENTIONED, dtype=np.int8)
     out[labelled] = codes[pos[labelled].astype(np.int64)]
     return StudyLabels(CHEXPERT_LABELS, out, labelled, source=path.name)
+
+
+def _last_record_short(path: Path, n_fields: int) -> bool:
+    """Whether a plain CSV's last line has fewer than ``n_fields`` fields (a truncated download).
+
+    A gzipped file is not read here: its own end-of-stream check finds truncation (EOFError).
+    """
+    if path.name.lower().endswith(".gz"):
+        return False
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 65536))
+        tail = f.read().rstrip(b"\r\n")
+    last = tail.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+    fields = next(csv.reader([last]), [])
+    return len(fields) < n_fields
 
 
 def _study_key(study_id: str) -> str:

@@ -194,8 +194,8 @@ def read_manifest_table(path: str | Path) -> pd.DataFrame:
             if importlib.util.find_spec("pyarrow") is None:
                 raise ManifestError(f"reading the Parquet manifest {path} needs pyarrow: `pip install pyarrow`, "
                                     "or save the manifest as CSV")
-            df = pd.read_parquet(path, engine="pyarrow")
-            return df.fillna("").astype(str).reset_index(drop=True)
+            df = pd.read_parquet(path, engine="pyarrow").astype(object)  # object: "" can fill a float column
+            return df.where(df.notna(), "").astype(str).reset_index(drop=True)
         if name.endswith((".csv", ".csv.gz")):
             return pd.read_csv(path, dtype=str, na_filter=False)
     except ManifestError:

@@ -43,8 +43,8 @@ from cxr_robust.data.manifest import RowNamer, describe_found_columns, reader_er
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
 from cxr_robust.data.sections import SectionedReport, extract_report
 
-__all__ = ["MimicLayoutError", "MimicLabelFileError", "ReportSource", "ReportsRead", "PAPER_REFERENCE", "VIEW_MAP", "VIEW_FILTERS",
-           "detect_version", "find_table", "load_image_table", "find_report_source", "read_reports",
+__all__ = ["MimicLayoutError", "MimicLabelFileError", "ReportSource", "ReportsRead", "PAPER_REFERENCE", "VIEW_MAP",
+           "VIEW_FILTERS", "detect_version", "find_table", "load_image_table", "find_report_source", "read_reports",
            "existing_images", "load_mimic"]
 
 log = logging.getLogger(__name__)
@@ -512,7 +512,7 @@ def load_mimic(root: str | Path, reports: str | Path | None = None, split: str =
     log.info("excluded studies by reason: %s; excluded images by reason: %s", ex_studies, ex_images)
     if study_labels is not None:
         log.info("labels (%s): %d of %d studies labelled, %d with an uncertain label", study_labels.source,
-                 labels_meta["labelled"], rs.num_studies, labels_meta["with_uncertain"])
+                 labels_meta["labelled_studies"], rs.num_studies, labels_meta["uncertain_studies"])
     elif labels is not None:
         log.info("no %s label file in %s: the set has no labels", labels, root)
     return rs
