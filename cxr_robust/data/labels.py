@@ -175,7 +175,13 @@ class StudyLabels:
 
 @dataclass(frozen=True)
 class MatchRule:
-    """When two studies' labels match: ``exact`` (same set of present findings) or ``jaccard`` >= threshold."""
+    """When two studies' labels match (on their present findings, :meth:`StudyLabels.binary`).
+
+    ``exact``: the binary vectors over all labels are identical, i.e. the same set of present findings
+    ("No Finding" is one of the 14, so a normal study matches only other normal studies). ``jaccard``:
+    |A & B| / |A | B| >= ``threshold``; two studies with no present finding count as identical (1.0).
+    Either way a labelled study matches itself.
+    """
 
     kind: str = "exact"
     threshold: float = 1.0
