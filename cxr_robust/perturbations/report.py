@@ -96,10 +96,14 @@ SYNONYMS: tuple[tuple[str, ...], ...] = (
 )
 """Groups of interchangeable phrases, the first the canonical one. Only true synonyms: no group changes a
 laterality, a size, a certainty or a negation, and each phrase reads correctly wherever the others do in a
-chest report (``mild cardiac enlargement``, ``No pleural fluid collection``)."""
+chest report (``mild cardiac enlargement``, ``No pleural fluid collection``). A phrase followed by one of
+:data:`PHRASE_GUARDS`' words is left alone (``in place of`` means "instead of")."""
+
+PHRASE_GUARDS: dict[str, str] = {"in place": "of"}
+"""Phrase -> a word that, when it follows the phrase, means the phrase is not the table's (never switched)."""
 
 SENTENCE_ABBREVIATIONS: frozenset[str] = frozenset({
-    "e.g.", "i.e.", "vs.", "approx.", "cf.", "dr.", "no.", "fig.", "mr.", "mrs.", "ms."})
+    "e.g.", "i.e.", "vs.", "approx.", "cf.", "dr.", "fig.", "mr.", "mrs.", "ms."})
 """Words ending in a period that do not end a sentence (a decimal such as ``2.5 cm`` never does either)."""
 
 
@@ -113,7 +117,7 @@ def _table_hash(*tables: Any) -> str:
 
 def _form_pattern(form: str) -> str:
     """Regex of one form: upper-case letters match upper case only, lower-case letters either case, spaces
-    any run of whitespace."""
+    any run of whitespace; a :data:`PHRASE_GUARDS` word after the form blocks the match."""
     out = []
     for ch in form:
         if ch == " ":
@@ -122,6 +126,9 @@ def _form_pattern(form: str) -> str:
             out.append(f"[{ch}{ch.upper()}]")
         else:
             out.append(re.escape(ch))
+    guard = PHRASE_GUARDS.get(form)
+    if guard:
+        out.append(rf"(?!\s+{_form_pattern(guard)}(?![A-Za-z0-9-]))")
     return "".join(out)
 
 
@@ -156,22 +163,41 @@ def _sentence_start(text: str, pos: int) -> bool:
     return not before or before[-1] in ".!?"
 
 
-def carry_case(matched: str, form: str, replacement: str, at_sentence_start: bool) -> str:
+def _all_caps_sentence(text: str, start: int, end: int) -> bool:
+    """True when the sentence around ``text[start:end]`` has other letters and all are upper case (a report
+    written in capitals)."""
+    left = max(text.rfind(c, 0, start) for c in ".!?") + 1
+    ends = [k for k in (text.find(c, end) for c in ".!?") if k >= 0]
+    right = min(ends) if ends else len(text)
+    letters = [c for c in text[left:start] + text[end:right] if c.isalpha()]
+    return len(letters) > 1 and all(c.isupper() for c in letters)
+
+
+def carry_case(matched: str, form: str, replacement: str, at_sentence_start: bool, all_caps: bool = False) -> str:
     """``replacement`` written in the case of ``matched`` (which is the table's ``form`` as found in a text).
 
-    A form with upper-case letters (an abbreviation) carries no case of its own, so only the sentence start
-    capitalises; for an all-lower-case form the text's capitals (ALL CAPS, Capitalised) carry over. Upper-case
-    letters of the replacement (``PTX``) are always kept.
+    A form with upper-case letters (an abbreviation) carries no case of its own: the replacement is capitalised at
+    a sentence start, and all upper case in a sentence written in capitals (``all_caps``). For an all-lower-case
+    form the text's capitals (ALL CAPS, Capitalised) carry over. Upper-case letters of the replacement (``PTX``)
+    are always kept.
     """
     def cap(s: str) -> str:
         return s[:1].upper() + s[1:]
 
     if any(c.isupper() for c in form):
+        if all_caps:
+            return replacement.upper()
         return cap(replacement) if at_sentence_start else replacement
     letters = [c for c in matched if c.isalpha()]
     if len(letters) > 1 and all(c.isupper() for c in letters):
         return replacement.upper()
     return cap(replacement) if matched[:1].isupper() else replacement
+
+
+def _recase(text: str, start: int, end: int, form: str, replacement: str) -> str:
+    """:func:`carry_case` of the occurrence ``text[start:end]`` of ``form``."""
+    return carry_case(text[start:end], form, replacement, _sentence_start(text, start),
+                      _all_caps_sentence(text, start, end))
 
 
 def _replace(text: str, edits: list[tuple[int, int, str]]) -> str:
@@ -204,14 +230,14 @@ def expand_abbreviations(text: str) -> str:
     for start, end, gi, form in table.find(text):
         expansion = table.groups[gi][0]
         if form != expansion:
-            edits.append((start, end, carry_case(text[start:end], form, expansion, _sentence_start(text, start))))
+            edits.append((start, end, _recase(text, start, end, form, expansion)))
     return _replace(text, edits)
 
 
 def canonical_synonyms(text: str) -> str:
     """``text`` with every phrase of :data:`SYNONYMS` written as its group's first (canonical) phrase."""
     table = _synonym_table()
-    edits = [(s, e, carry_case(text[s:e], form, table.groups[gi][0], _sentence_start(text, s)))
+    edits = [(s, e, _recase(text, s, e, form, table.groups[gi][0]))
              for s, e, gi, form in table.find(text) if form != table.groups[gi][0]]
     return _replace(text, edits)
 
@@ -379,7 +405,8 @@ class ReportPerturbation(Perturbation):
         severity = self.check_severity(severity)
         if severity == 0 or self.not_applicable(findings, impression):
             return findings, impression
-        return self.edit(findings, impression, self.rng(study_id, severity, run_seed), self.parameter(severity))
+        return self.edit(findings or "", impression or "", self.rng(study_id, severity, run_seed),
+                         self.parameter(severity))
 
     def edit(self, findings: str, impression: str, rng: np.random.Generator, parameter: Any) -> tuple[str, str]:
         """The perturbed sections, drawing only from ``rng``; ``parameter`` is :attr:`levels` of the severity."""
@@ -469,7 +496,7 @@ class _TableSwitch(ReportPerturbation):
         for start, end, gi, form in table.find(text):
             if rng.random() < p:
                 new = self.choose(table.groups[gi], form, rng)
-                edits.append((start, end, carry_case(text[start:end], form, new, _sentence_start(text, start))))
+                edits.append((start, end, _recase(text, start, end, form, new)))
         return _replace(text, edits)
 
     def edit(self, findings: str, impression: str, rng: np.random.Generator, parameter: Any) -> tuple[str, str]:
@@ -512,7 +539,7 @@ class Synonyms(_TableSwitch):
     levels = {1: 0.1, 2: 0.25, 3: 0.5, 4: 0.75, 5: 1.0}
     source = ("this project: word substitution as in NLP robustness attacks (e.g. TextFooler, Jin et al., AAAI "
               "2020), restricted to a hand-checked table of radiology synonyms so that meaning is kept")
-    word_tables = (SYNONYMS,)
+    word_tables = (SYNONYMS, PHRASE_GUARDS)
 
     def table(self) -> PhraseTable:
         return _synonym_table()
