@@ -30,8 +30,10 @@ ORIGINAL_DIGESTS = {
     "eval": "f58cc68b526886fe72b3755758f4244fa6fa4d35ca79077cee2f852b236d3e06",
     "tiny": "d5b04d307cfd42d0da4dede8c1f7b15d11044f3c59028965550bf3a9d07acbf4",
 }
-FLIPPER_FLOORS = {"coverage": 0.97, "correctness": 0.97}
-"""On 300 phantom eval studies; measured 1.000 and 1.000 (benchmarks/negation_flipper.py, all 994)."""
+FLIPPER_FLOORS = {None: (0.97, 0.97), "synonyms": (0.97, 0.97), "typos": (0.90, 0.97)}
+"""(coverage, correctness) floors on 300 phantom eval studies as written, rewritten by synonyms (level 5) and by
+typos (level 3). Measured on all 994 (benchmarks/negation_flipper.py): 1.000/1.000, 1.000/1.000, 0.945/1.000."""
+LEVEL = {"synonyms": 5, "typos": 3}
 N_EVAL = SPLITS["eval"]
 
 
@@ -183,6 +185,9 @@ def _flip_as(findings: str, impression: str, finding: str) -> TwinReport:
      "Cardiomegaly is present.\n \nNo pneumothorax.", "No acute cardiopulmonary process.", True),
     ("Possible small right effusion. No pneumothorax.", "", "Pneumothorax",
      "Possible small right effusion. Pneumothorax is present.", "", True),
+    ("There is moderate-to-severe cardiac enlargement.", "", "Cardiomegaly", "No cardiomegaly.", "", False),
+    ("No pleural fluid collection. Right PTX.", "", "Pleural Effusion",
+     "Pleural fluid collection is present. Right PTX.", "", True),
 ])
 def test_flipper_on_mimic_style_sentences(findings, impression, finding, want_f, want_i, present) -> None:
     t = _flip_as(findings, impression, finding)
@@ -223,12 +228,18 @@ def test_flipper_leaves_everything_else_byte_identical_and_is_deterministic() ->
     assert set(FLIP_FINDINGS) <= set(CHEXPERT_LABELS)
 
 
-def test_flipper_on_phantom_reports_stays_above_its_floors() -> None:
+@pytest.mark.parametrize("rewrite", [None, "synonyms", "typos"])
+def test_flipper_on_phantom_reports_stays_above_its_floors(rewrite: str | None) -> None:
+    from cxr_robust.perturbations import get_perturbation
+
     made = correct = 0
     n = 300
     for i in range(n):
         _, f, im = study_text("eval", 0, i)
-        t = flip_report(f, im, f"ph-eval-s0-{i:06d}")
+        sid = f"ph-eval-s0-{i:06d}"
+        if rewrite:
+            f, im = get_perturbation(rewrite).perturb(f, im, sid, LEVEL[rewrite], 0)
+        t = flip_report(f, im, sid)
         if t is None:
             continue
         made += 1
@@ -237,8 +248,18 @@ def test_flipper_on_phantom_reports_stays_above_its_floors() -> None:
         k = CHEXPERT_LABELS.index(t.finding)
         correct += (t.finding in changed and changed <= {t.finding, "No Finding"}
                     and (after[k] == 1) == t.present)
-    assert made / n >= FLIPPER_FLOORS["coverage"]
-    assert correct / made >= FLIPPER_FLOORS["correctness"]
+    coverage_floor, correctness_floor = FLIPPER_FLOORS[rewrite]
+    assert made / n >= coverage_floor
+    assert correct / made >= correctness_floor
+
+
+def test_flipper_skips_a_finding_with_a_misspelt_mention() -> None:
+    findings, impression = "Small left pleural effsuion. No pneumothorax.", "Left effusion."
+    assert eligible_findings(findings, impression) == {"Pneumothorax": False}
+    assert eligible_findings("Small left pleural effusion.", "Left effusion.") == {"Pleural Effusion": True}
+    # the misspelt item stays in the list as it is; the effusion beside it can still be flipped
+    assert eligible_findings("No pneumothroax or effusion.", "") == {"Pleural Effusion": False}
+    assert flip_report("No pneumothroax or effusion.", "", "s0").findings == "No pneumothroax. Effusion is present."
 
 
 def test_negation_twins_of_other_sets_use_the_flipper_and_hide_text() -> None:

@@ -32,6 +32,9 @@ no twin):
   vocabulary of sizes, sides, zones and framing ("There is", "noted", "is present") -- change over time
   ("new", "increased", "resolved", "unchanged", "stable"), comparisons, causes ("due to", "with adjacent"),
   a sentence naming two findings in one phrase ("atelectasis or pneumonia");
+* a finding with a misspelt mention (a word one typo away from one of its head words, e.g. "effsuion"):
+  the flipper cannot see that mention, so the finding is not eligible; other typos are harmless or make the
+  mention's sentence unparseable (not eligible either);
 * findings mentioned only implicitly ("Lungs are clear." names no finding, so it is left as is, and a
   finding mentioned nowhere else is not eligible); Support Devices, Pleural Other, No Finding;
 * a sentence that affirms one finding and negates another ("Mild cardiomegaly without edema.") flips
@@ -68,16 +71,17 @@ EXACT_METHOD, RULE_METHOD = "phantom generator (exact)", "rule-based flipper"
 # sizes) live in _MODIFIERS, so "small left pleural effusion" is modifiers + head.
 _HEADS: dict[str, str] = {
     "Atelectasis": r"atelectas[ie]s",
-    "Cardiomegaly": r"cardiomegaly|enlarged heart|(?:heart|cardiac) size|cardiac silhouette|heart",
-    "Consolidation": r"consolidations?",
-    "Edema": r"edema",
+    "Cardiomegaly": r"cardiomegaly|cardiac enlargement|enlargement of the cardiac silhouette|enlarged heart"
+                    r"|(?:heart|cardiac) size|cardiac silhouette|heart",
+    "Consolidation": r"consolidations?|consolidative opacit(?:y|ies)",
+    "Edema": r"o?edema",
     "Enlarged Cardiomediastinum": r"cardiomediastinal silhouette|mediastinum|mediastinal (?:contours?|silhouette)",
     "Fracture": r"fractures?",
-    "Lung Lesion": r"nodules?|mass(?:es)?|lesions?",
-    "Lung Opacity": r"opacit(?:y|ies)|opacification",
-    "Pleural Effusion": r"(?<!pericardial )(?:pleural )?effusions?",
+    "Lung Lesion": r"nodules?|nodular opacit(?:y|ies)|mass(?:es)?|lesions?",
+    "Lung Opacity": r"(?<!consolidative )(?<!nodular )(?:opacit(?:y|ies)|opacification)",
+    "Pleural Effusion": r"(?<!pericardial )(?:pleural )?effusions?|pleural fluid(?: collections?)?",
     "Pneumonia": r"pneumonias?",
-    "Pneumothorax": r"pneumothora(?:x|ces)",
+    "Pneumothorax": r"pneumothora(?:x|ces)|ptx",
 }
 FLIP_FINDINGS: tuple[str, ...] = tuple(_HEADS)
 """CheXpert labels the rule-based flipper can flip, in CheXpert order."""
@@ -134,6 +138,46 @@ _ENLARGED = re.compile(r"^(?P<subj>(?:the )?(?:heart size|heart|cardiac size|car
 _SENTENCE = re.compile(r"\S.*?(?:[.!?](?=\s|$)|$)", re.S)
 
 
+_HEAD_WORDS: dict[str, frozenset[str]] = {
+    "Atelectasis": frozenset({"atelectasis", "atelectases"}),
+    "Cardiomegaly": frozenset({"cardiomegaly", "heart", "cardiac", "enlargement"}),
+    "Consolidation": frozenset({"consolidation", "consolidations", "consolidative"}),
+    "Edema": frozenset({"edema", "oedema"}),
+    "Enlarged Cardiomediastinum": frozenset({"cardiomediastinal", "mediastinum", "mediastinal"}),
+    "Fracture": frozenset({"fracture", "fractures"}),
+    "Lung Lesion": frozenset({"nodule", "nodules", "nodular", "mass", "masses", "lesion", "lesions"}),
+    "Lung Opacity": frozenset({"opacity", "opacities", "opacification"}),
+    "Pleural Effusion": frozenset({"effusion", "effusions", "fluid"}),
+    "Pneumonia": frozenset({"pneumonia", "pneumonias"}),
+    "Pneumothorax": frozenset({"pneumothorax", "pneumothoraces"}),
+}
+"""The words of each finding's heads: a word one typo away from one of them is a mention the flipper cannot
+see, so that finding is not eligible (flipping its other mentions would leave the misspelt one as it was)."""
+_ALL_HEAD_WORDS = frozenset().union(*_HEAD_WORDS.values())
+
+
+def _one_typo(w: str, h: str) -> bool:
+    """``w`` is ``h`` with two adjacent letters swapped, or (``h`` of 6+ letters) one letter changed, added or
+    dropped."""
+    if len(w) == len(h):
+        diff = [i for i in range(len(w)) if w[i] != h[i]]
+        if len(diff) == 2 and diff[1] == diff[0] + 1 and w[diff[0]] == h[diff[1]] and w[diff[1]] == h[diff[0]]:
+            return True
+        return len(diff) == 1 and len(h) >= 6
+    if abs(len(w) - len(h)) != 1 or len(h) < 6:
+        return False
+    short, long_ = (w, h) if len(w) < len(h) else (h, w)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def _misspelt(text: str) -> set[str]:
+    """Findings with a word one typo away from one of their head words (:data:`_HEAD_WORDS`)."""
+    out = set()
+    for w in {w.lower() for w in re.findall(r"[A-Za-z]{4,}", text)} - _ALL_HEAD_WORDS:
+        out |= {f for f, heads in _HEAD_WORDS.items() if f not in out and any(_one_typo(w, h) for h in heads)}
+    return out
+
+
 def _mentions(text: str) -> set[str]:
     return {f for f, rx in _HEAD_RE.items() if rx.search(text)}
 
@@ -151,7 +195,8 @@ def _item_finding(item: str) -> tuple[str | None, bool]:
         rest = rest[:m.start()] + " " + rest[m.end():]
     finding = names.pop()
     clean = _only_modifiers(rest) and (finding != "Cardiomegaly" or bool(re.search(
-        r"\b(?:cardiomegaly|enlarged heart)\b", item, re.I)))  # "heart size" alone says nothing
+        r"\b(?:cardiomegaly|enlarged heart|cardiac enlargement|enlargement of the cardiac silhouette)\b", item,
+        re.I)))  # "heart size" alone says nothing
     return finding, clean
 
 
@@ -209,7 +254,7 @@ def _cap(s: str) -> str:
 
 def _is_plural(item: str) -> bool:
     return bool(re.search(r"(?:effusions|nodules|opacities|masses|fractures|consolidations|lesions|pneumothoraces"
-                          r"|pneumonias)$", item, re.I))
+                          r"|pneumonias|collections)$", item, re.I))
 
 
 def _present(item: str) -> str:
@@ -414,7 +459,7 @@ def _draw(study_id: str, seed: int, n: int) -> int:
 def eligible_findings(findings: str, impression: str) -> dict[str, bool]:
     """Finding -> its polarity (mentioned present?) for every finding whose mentions can all be flipped."""
     result: dict[str, bool] = {}
-    blocked: set[str] = set()
+    blocked: set[str] = _misspelt(findings or "") | _misspelt(impression or "")
     for text in (findings or "", impression or ""):
         _, parses, mentions = _analyse(text)
         for p, men in zip(parses, mentions):
