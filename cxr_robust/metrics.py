@@ -152,7 +152,7 @@ def rank_counts(scores: Any, targets: Any, relevance: Relevance | None = None,
     """
     if relevance is not None or len(label_ks):
         base = rank_counts(scores, targets)
-        scores_np = scores.detach().cpu().numpy() if _is_torch(scores) else np.asarray(scores)
+        scores_np = scores_to_numpy(scores) if _is_torch(scores) else np.asarray(scores)
         return RankCounts(base.above, base.ties, base.n_candidates,
                           label_counts(scores_np, targets, relevance, label_ks))
     if _is_torch(scores):
@@ -201,6 +201,15 @@ def _check_inputs(score_shape: tuple, target_shape: tuple, lo: int, hi: int) -> 
     return m, n
 
 
+def scores_to_numpy(scores: Any) -> np.ndarray:
+    """A torch score matrix as NumPy on the host, with the same order and ties (half types widen to float32
+    exactly; float32 and float64 stay as they are)."""
+    scores = scores.detach()
+    if scores.element_size() < 4:
+        scores = scores.float()
+    return scores.cpu().numpy()
+
+
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
@@ -241,10 +250,11 @@ def label_rows(scores: np.ndarray, targets: np.ndarray, relevance: Relevance,
                ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Expected label precision and hit ``(m, K)`` and the labelled mask ``(m,)`` of a score chunk.
 
-    Inputs are assumed checked (:func:`check_label_inputs`). Cost per chunk: one ``argpartition`` of each
-    labelled row (the top ``max(ks)`` candidates), a sort of those ``max(ks)``, and ``(m, K, max(ks))``
-    comparisons; the full row is compared again only for rows whose tie at the ``max(ks)``-th score reaches
-    past the partition. No Python loop over queries.
+    Inputs are assumed checked (:func:`check_label_inputs`). Cost per chunk: a sort of each labelled row's
+    values (for the k-th largest scores), one comparison of the row with its ``max(ks)``-th score to pick
+    out the top ``max(ks)`` candidates, and ``K`` comparisons of those ``(m, max(ks))`` with the k-th
+    scores. Rows where a tie straddles the ``max(ks)``-th score are compared whole instead. Memory stays
+    ``O(m x N)``; no Python loop over queries.
     """
     m, n = scores.shape
     n_k = len(ks)
@@ -264,41 +274,42 @@ def label_rows(scores: np.ndarray, targets: np.ndarray, relevance: Relevance,
         rel[ar, own] = True
     s = scores if rows.size == m else scores[rows]
     kmax = int(ks.max())
-    if kmax < n:
-        # The kmax largest scores of each row (unordered) land in the last kmax columns; the column before them
-        # holds the (kmax+1)-th largest, which tells whether the tie at the kmax-th score reaches outside.
-        part = np.argpartition(s, (n - kmax - 1, n - kmax), axis=1)
-        idx = part[:, n - kmax:]
-        outside = np.take_along_axis(s, part[:, n - kmax - 1:n - kmax], axis=1)[:, 0]
-    else:
-        idx = np.broadcast_to(np.arange(n), (rows.size, n))
-        outside = None
-    top = np.take_along_axis(s, idx, axis=1)
-    top_rel = np.take_along_axis(rel, idx, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    top_rel = np.take_along_axis(top_rel, order, axis=1)[:, None, :]
-    t = top[:, ks - 1]  # (m', K): the k-th largest score
-    above = top[:, None, :] > t[:, :, None]
-    tied = top[:, None, :] == t[:, :, None]
-    c = np.count_nonzero(above, axis=2)
-    r = np.count_nonzero(above & top_rel, axis=2)
-    g = np.count_nonzero(tied, axis=2)
-    rg = np.count_nonzero(tied & top_rel, axis=2)
-    if outside is not None:
-        t_max = top[:, kmax - 1]
-        spill = np.flatnonzero(outside == t_max)  # the tie at the kmax-th score continues past the partition
-        if spill.size:
-            eq = s[spill] == t_max[spill, None]
-            g_full = np.count_nonzero(eq, axis=1)[:, None]
-            rg_full = np.count_nonzero(eq & rel[spill], axis=1)[:, None]
-            at_max = t[spill] == t_max[spill, None]  # depths whose k-th score is that tie
-            g[spill] = np.where(at_max, g_full, g[spill])
-            rg[spill] = np.where(at_max, rg_full, rg[spill])
+    # The k-th largest score of each row, from one sort of its values (NumPy's vectorised sort beats
+    # argpartition here, and sorted values need no gather).
+    ascending = np.sort(s, axis=1)
+    t = ascending[:, n - ks]  # (m', K)
+    t_max = ascending[:, n - kmax]
+    # The top set, every candidate scored at least the kmax-th score, holds everything the counts look at.
+    top = s >= t_max[:, None]
+    narrow = np.count_nonzero(top, axis=1) == kmax  # no tie straddles the kmax-th score: exactly kmax wide
+    c, r, g, rg = (np.empty((rows.size, n_k), np.int64) for _ in range(4))
+    wide = np.flatnonzero(~narrow)
+    if narrow.any():
+        every = wide.size == 0
+        flat = np.flatnonzero(top if every else top & narrow[:, None])  # row-major: row by row, kmax each
+        _count_at(s.ravel()[flat].reshape(-1, kmax), rel.ravel()[flat].reshape(-1, kmax),
+                  t if every else t[narrow], (c, r, g, rg), slice(None) if every else narrow)
+    if wide.size:  # a tie straddles the kmax-th score: count over whole rows
+        _count_at(s[wide], rel[wide], t[wide], (c, r, g, rg), wide)
     slots = ks[None, :] - c  # 1..g
     precision[rows] = (r + slots * rg / g) / ks[None, :]
-    hit[rows] = np.where(r > 0, 1.0, 1.0 - _none_drawn(g, rg, slots))
+    miss = r == 0
+    out = np.ones(r.shape)
+    out[miss] = 1.0 - _none_drawn(g[miss], rg[miss], slots[miss])
+    hit[rows] = out
     return precision, hit, labelled
+
+
+def _count_at(vals: np.ndarray, rel: np.ndarray, t: np.ndarray, out: tuple[np.ndarray, ...], where: Any) -> None:
+    """Per row of ``vals`` and depth column ``j`` of ``t``: candidates above ``t``, relevant ones among them,
+    candidates equal to ``t``, relevant ones among those; written to ``out[i][where, j]``. A depth at a time,
+    so memory stays that of ``vals``."""
+    c, r, g, rg = out
+    for j in range(t.shape[1]):
+        tj = t[:, j:j + 1]
+        above, tied = vals > tj, vals == tj
+        c[where, j], r[where, j] = np.count_nonzero(above, axis=1), np.count_nonzero(above & rel, axis=1)
+        g[where, j], rg[where, j] = np.count_nonzero(tied, axis=1), np.count_nonzero(tied & rel, axis=1)
 
 
 def _none_drawn(g: np.ndarray, rg: np.ndarray, s: np.ndarray) -> np.ndarray:

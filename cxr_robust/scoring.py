@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from cxr_robust.metrics import LabelCounts, RankCounts, Relevance, check_label_inputs, label_rows
+from cxr_robust.metrics import LabelCounts, RankCounts, Relevance, check_label_inputs, label_rows, scores_to_numpy
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ def score_ranks(image_emb: "torch.Tensor", text_emb: "torch.Tensor", targets: An
         if relevance is not None:
             # Label counts are computed in NumPy: on a GPU this copies the chunk's scores (chunk_rows x N) to the
             # host, so memory stays O(chunk_rows x N) there too.
-            s_np = scores.numpy() if scores.device.type == "cpu" else scores.float().cpu().numpy()
+            s_np = scores.numpy() if scores.device.type == "cpu" else scores_to_numpy(scores)
             precision[a:b], hit[a:b], labelled[a:b] = label_rows(s_np, targets_np[a:b], relevance, ks)
     label = LabelCounts(tuple(int(k) for k in ks), precision, hit, labelled) if relevance is not None else None
     return RankCounts(above, ties, n, label)

@@ -217,6 +217,17 @@ def test_label_counts_follow_the_formulas_at_scale_and_do_not_depend_on_chunking
     np.testing.assert_array_equal(plain.ties, big.ties)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_torch_scores_give_the_numpy_label_counts(dtype: torch.dtype) -> None:
+    """Torch score matrices (a GPU chunk goes through the same conversion) keep their order and ties."""
+    scores, targets, rel = tiny_case(5)
+    want = rank_counts(scores, targets, rel, (1, 2, 3))
+    got = rank_counts(torch.as_tensor(scores).to(dtype), targets, rel, (1, 2, 3))
+    np.testing.assert_array_equal(got.above, want.above)
+    np.testing.assert_array_equal(got.label.precision, want.label.precision)
+    np.testing.assert_array_equal(got.label.hit, want.label.hit)
+
+
 def test_unlabelled_queries_are_nan_and_counted() -> None:
     scores = np.array([[3, 1, 2, 0], [0, 1, 2, 3], [1, 1, 1, 1]], np.float32)
     targets = np.array([0, 3, 2])
