@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from fractions import Fraction
 
 import numpy as np
@@ -302,6 +303,17 @@ def test_a_custom_metric_is_one_function_and_a_registration() -> None:
         Metric("Bad Name", "x", False, True, top1_or_tied, "mean", "fraction", "", "")
     with pytest.raises(ValueError, match="aggregate"):
         Metric("x", "x", False, True, top1_or_tied, "sum", "fraction", "", "")
+
+
+def test_the_module_docstring_example_runs() -> None:
+    example = reg.__doc__.split("registration::", 1)[1].split("\n\nafter which", 1)[0]
+    namespace: dict = {}
+    try:
+        exec(compile(textwrap.dedent(example), "metric_registry docstring", "exec"), namespace)
+        counts = RankCounts(np.array([0, 2]), np.array([0, 0]), 4)
+        assert compute_metrics(counts, ["recall", "top1_or_tied"], (1,)) == {"recall": {1: 0.5}, "top1_or_tied": 0.5}
+    finally:
+        reg._REGISTRY.pop("top1_or_tied", None)
 
 
 def test_label_metrics_without_labels_say_so() -> None:
