@@ -30,9 +30,10 @@ ORIGINAL_DIGESTS = {
     "eval": "f58cc68b526886fe72b3755758f4244fa6fa4d35ca79077cee2f852b236d3e06",
     "tiny": "d5b04d307cfd42d0da4dede8c1f7b15d11044f3c59028965550bf3a9d07acbf4",
 }
-FLIPPER_FLOORS = {None: (0.97, 0.97), "synonyms": (0.97, 0.97), "typos": (0.90, 0.97)}
-"""(coverage, correctness) floors on 300 phantom eval studies as written, rewritten by synonyms (level 5) and by
-typos (level 3). Measured on all 994 (benchmarks/negation_flipper.py): 1.000/1.000, 1.000/1.000, 0.945/1.000."""
+FLIPPER_FLOORS = {None: (0.97, 0.97), "synonyms": (0.97, 0.97), "typos": (0.89, 0.97)}
+"""(coverage, correctness) floors on the first 300 phantom eval studies as written, rewritten by synonyms (level
+5) and by typos (level 3); measured there 1.000/1.000, 1.000/1.000, 0.907/1.000 (all 994, by
+benchmarks/negation_flipper.py: 1.000/1.000, 1.000/1.000, 0.885/1.000)."""
 LEVEL = {"synonyms": 5, "typos": 3}
 N_EVAL = SPLITS["eval"]
 
@@ -186,6 +187,13 @@ def _flip_as(findings: str, impression: str, finding: str) -> TwinReport:
     ("Possible small right effusion. No pneumothorax.", "", "Pneumothorax",
      "Possible small right effusion. Pneumothorax is present.", "", True),
     ("There is moderate-to-severe cardiac enlargement.", "", "Cardiomegaly", "No cardiomegaly.", "", False),
+    ("Normal heart size. No pneumothorax.", "", "Cardiomegaly", "Cardiomegaly is present. No pneumothorax.", "",
+     True),
+    ("Mass in the right upper lobe.", "", "Lung Lesion", "No mass.", "", False),
+    ("No pleural effusion, pneumothorax, or acute osseous abnormality.", "", "Pneumothorax",
+     "No pleural effusion or acute osseous abnormality. Pneumothorax is present.", "", True),
+    ("The cardiomediastinal silhouette is within normal limits.", "", "Enlarged Cardiomediastinum",
+     "The cardiomediastinal silhouette is enlarged.", "", True),
     ("No pleural fluid collection. Right PTX.", "", "Pleural Effusion",
      "Pleural fluid collection is present. Right PTX.", "", True),
 ])
@@ -206,6 +214,22 @@ def test_flipper_on_mimic_style_sentences(findings, impression, finding, want_f,
     ("There is mild cardiomegaly without pulmonary edema.", ""),  # affirms one finding and negates another
     ("Lungs are clear.", "No acute cardiopulmonary process."),  # names no finding
     ("Borderline heart size.", ""),
+    ("Small left pleural effusion, unchanged.", ""),  # a word that is no finding may qualify the finding
+    ("There is a moderate right pneumothorax, slightly larger than before.", ""),
+    ("No pleural effusion and small pneumothorax.", ""),  # is the pneumothorax negated too? unclear
+    ("No pleural effusion, as before.", ""),
+    ("No new pleural effusion.", ""),
+    ("No pleural effusion on the left.", ""),
+    ("No left pleural effusion. Small right pleural effusion.", ""),  # mixed polarity
+    ("Right pleural effusion has resolved.", ""),
+    ("There is no pneumothorax, but a small left effusion is present.", ""),
+    ("No evidence of pneumonia or edema; mild bibasilar atelectasis.", ""),
+    ("Interval decrease in size of the left pleural effusion.", ""),
+    ("Compared to prior, there is a small left pleural effusion.", ""),
+    ("There is no focal consolidation to suggest pneumonia.", ""),
+    ("Cardiomegaly, low lung volumes and bibasilar atelectasis.", ""),
+    ("Heart size is top normal.", ""),
+    ("The cardiomediastinal silhouette and heart size are normal.", ""),
     ("", ""),
 ])
 def test_flipper_refuses_what_it_cannot_flip(findings: str, impression: str) -> None:

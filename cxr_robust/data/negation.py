@@ -135,6 +135,11 @@ _ENLARGED = re.compile(r"^(?P<subj>(?:the )?(?:heart size|heart|cardiac size|car
                        r"|cardiomediastinal silhouette|mediastinum))"
                        r" (?P<verb>is|are|remains) (?:mildly |moderately |severely |markedly |slightly )?"
                        r"(?P<state>enlarged|widened)$", re.I)
+_NOT_A_NOUN = re.compile(
+    r"\b(?:before|prior|previous\w*|unchanged|stable|again|since|compared|comparison|interval|larger|smaller"
+    r"|increas\w*|decreas\w*|improv\w*|wors\w*|resolv\w*|chang\w*|seen|noted|present|identified|as|than|on"
+    r"|to|from|for|is|are|was|were|has|have|been|now|today|still|otherwise)\b", re.I)
+"""Words that make an item of a negated list something other than one more negated finding."""
 _SENTENCE = re.compile(r"\S.*?(?:[.!?](?=\s|$)|$)", re.S)
 
 
@@ -215,31 +220,36 @@ class _Item:
 
 
 def _items(scope: str) -> list[_Item] | None:
-    """The list items of ``scope``; modifier-only items join the next item naming a finding (or the last)."""
+    """The list items of ``scope``; modifier-only items join the next item naming a finding (or the last),
+    keeping the words between them as written ("17 mm right mid and 10 mm left mid nodules" is one item)."""
+    scope = scope.strip()
     if _BREAK.search(scope):
         return None
-    parts = [p for p in _SPLIT.split(scope.strip())]
-    if any(not p.strip() for p in parts):
+    bounds, at = [], 0
+    for sep in _SPLIT.finditer(scope):
+        bounds.append((at, sep.start()))
+        at = sep.end()
+    bounds.append((at, len(scope)))
+    if any(a0 >= a1 for a0, a1 in bounds):
         return None
-    raw = [_Item(p.strip(), *_item_finding(p.strip())) for p in parts]
-    out: list[_Item] = []
-    pending: list[str] = []
-    for it in raw:
-        if it.finding is None and it.clean:  # modifiers only ("17 mm right mid" before "and 9 mm ... nodules")
-            pending.append(it.text)
+    groups: list[tuple[int, int, str | None, bool]] = []
+    pending: int | None = None  # start of modifier-only items waiting for their finding
+    for a0, a1 in bounds:
+        finding, clean = _item_finding(scope[a0:a1])
+        if finding is None and clean:  # modifiers only ("17 mm right mid" before "and 9 mm ... nodules")
+            pending = a0 if pending is None else pending
             continue
-        if pending:
-            if it.finding is None:  # an "other" item cannot take modifiers
-                return None
-            it = _Item(" and ".join(pending + [it.text]), it.finding, it.clean)
-            pending = []
-        out.append(it)
-    if pending:
-        if not out or out[-1].finding is None:
+        if pending is not None:
+            if finding is None or re.search(r"\b(?:or|nor)\b", scope[pending:a0], re.I):
+                return None  # an "other" item takes no modifiers; "left or right effusion" is no one finding
+            a0, pending = pending, None
+        groups.append((a0, a1, finding, clean))
+    if pending is not None:
+        if not groups or groups[-1][2] is None:
             return None
-        last = out[-1]
-        out[-1] = _Item(" and ".join([last.text] + pending), last.finding, last.clean)
-    return out
+        a0, _, finding, clean = groups[-1]
+        groups[-1] = (a0, len(scope), finding, clean)
+    return [_Item(scope[a0:a1], finding, clean) for a0, a1, finding, clean in groups]
 
 
 def _join(items: list[str], conj: str, oxford: bool) -> str:
@@ -294,10 +304,14 @@ def _parse_sentence(sentence: str) -> _Parse | None:
     out = _Parse()
     stop = end or "."
 
+    if re.fullmatch(r"normal (?:heart size|cardiac size|cardiac silhouette|heart)", core, re.I):
+        out.polarity["Cardiomegaly"] = False
+        out.rewrite["Cardiomegaly"] = lambda: "Cardiomegaly is present" + stop
+        return out
     m = _NORMAL.match(core)
-    if m:  # "Heart size is normal." <-> "Heart size is enlarged."
+    if m:  # "Heart size is normal." -> "Cardiomegaly is present."; "... silhouette is normal" -> "... enlarged"
         f = "Enlarged Cardiomediastinum" if re.search(r"mediast", m["subj"], re.I) else "Cardiomegaly"
-        if mentioned - {f, "Cardiomegaly"} and f == "Cardiomegaly":
+        if mentioned != {f}:
             return None
         out.polarity[f] = False
         if f == "Cardiomegaly":  # "heart size is enlarged" is read as cardiomegaly by fewer labelers
@@ -345,6 +359,10 @@ def _negative(core: str, stop: str) -> _Parse | None:
     items, conj, oxford = form
     if any(it.finding == "" or (it.finding and not it.clean) for it in items):
         return None
+    if re.search(r"\band\b", " ".join(_SPLIT.findall(scope)), re.I):
+        return None  # "No pleural effusion and small pneumothorax": is the pneumothorax negated? Unclear.
+    if any(it.finding is None and _NOT_A_NOUN.search(it.text) for it in items):
+        return None  # "No pleural effusion, as before": the rest of the list is not a negated finding
     out = _Parse()
     for f in {it.finding for it in items if it.finding}:
         mine = [it for it in items if it.finding == f]
@@ -406,6 +424,8 @@ def _affirmative(core: str, stop: str, mentioned: set[str]) -> _Parse | None:
         if form is None:
             return None
         items, conj, oxford = form
+        if any(it.finding is None for it in items):
+            return None  # "Small left effusion, unchanged": a word that is no finding may qualify one
     out = _Parse()
     for f in mentioned:
         mine = [it for it in items if it.finding == f]
@@ -416,8 +436,12 @@ def _affirmative(core: str, stop: str, mentioned: set[str]) -> _Parse | None:
         others = [it.text for it in items if it.finding != f]
         out.polarity[f] = True
 
-        def rewrite(f=f, others=others) -> str:
-            no = f"No {_CANONICAL[f]}{stop}"
+        def rewrite(f=f, others=others, mine=mine) -> str:
+            noun = _CANONICAL[f]
+            if f == "Lung Lesion":
+                head = re.search(r"\b(mass|lesion)", " ".join(it.text for it in mine), re.I)
+                noun = head[1].lower() if head else noun
+            no = f"No {noun}{stop}"
             if not others:
                 return no
             rest = _join(others, conj, oxford)
