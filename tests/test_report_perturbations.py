@@ -373,3 +373,30 @@ def test_findings_only_and_impression_only_keep_one_section() -> None:
     assert io.not_applicable("Heart size is normal.", "  ") and io.perturb("Heart size is normal.", "  ", "x", 1,
                                                                            0) == ("Heart size is normal.", "  ")
     assert not fo.not_applicable("Heart size is normal.", "") and not io.not_applicable("", "No PTX.")
+
+
+def test_stacked_perturbations_still_read_as_the_generator_labels() -> None:
+    """Synonyms, then abbreviations, then sentence order, then typos, all at level 5, on a third of the eval set:
+    the reader still recovers every study's labels (the tables compose: canonical text undoes them in order)."""
+    names = ["synonyms", "abbreviations", "sentence_shuffle", "typos"]
+    for sid, desc, f, i in eval_studies()[::3]:
+        for name in names:
+            f, i = get_perturbation(name).perturb(f, i, sid, 5, 5)
+        assert (read_labels(f, i) == label_vector(desc)).all(), (f, i)
+
+
+def test_the_documented_report_table_is_the_registry() -> None:
+    """docs/perturbations.md's report-side table shows each perturbation's id and level parameters as registered."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "perturbations.md").read_text(encoding="utf-8")
+    section = doc.split("## Report-side perturbations", 1)[1].split("\n#", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    assert [r[0].strip("`") for r in rows] == REPORT
+    for row in rows:
+        p = get_perturbation(row[0].strip("`"))
+        assert row[1].strip("`") == p.short
+        shown = [str(p.levels[k]) if not isinstance(p.levels[k], float) else f"{p.levels[k]:g}"
+                 for k in sorted(p.levels)]
+        assert row[3:3 + len(shown)] == shown, (p.name, row)

@@ -323,8 +323,7 @@ def split_sentences(text: str) -> tuple[str, list[str], list[str], str]:
     """``(head, sentences, separators, tail)`` with ``head + s0 + sep0 + s1 + ... + tail == text``.
 
     A sentence ends at ``.``, ``!`` or ``?`` (and closing quotes or brackets) followed by white space, unless the
-    word ending there is one of :data:`SENTENCE_ABBREVIATIONS` (``e.g.``) or a single letter (an initial);
-    decimals (``2.5 cm``) have no space after their point and never split.
+    word ending there is one of :data:`SENTENCE_ABBREVIATIONS` (``e.g.``); decimals (``2.5 cm``) have no space after their point and never split.
     """
     stripped = text.strip()
     if not stripped:
@@ -335,7 +334,7 @@ def split_sentences(text: str) -> tuple[str, list[str], list[str], str]:
     sentences, seps, start = [], [], 0
     for m in re.finditer(r"[.!?]+[\"')\]]*(\s+)", body):
         word = body[start:m.start(1)].split()[-1].lower()
-        if word in SENTENCE_ABBREVIATIONS or re.fullmatch(r"[a-z]\.", word):
+        if word in SENTENCE_ABBREVIATIONS:
             continue
         sentences.append(body[start:m.start(1)])
         seps.append(m.group(1))
