@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from cxr_robust.data.phantom import TwinReport, study_text, twin_report
 from cxr_robust.data.retrieval_set import RetrievalSet
 
-__all__ = ["FLIP_FINDINGS", "NegationTwins", "TwinReport", "flip_report", "negation_twins"]
+__all__ = ["FLIP_FINDINGS", "NegationTwins", "TwinReport", "eligible_findings", "flip_report", "negation_twins"]
 
 PHANTOM_GENERATOR = "cxr_robust.data.phantom"
 EXACT_METHOD, RULE_METHOD = "phantom generator (exact)", "rule-based flipper"
@@ -323,6 +323,8 @@ def _parse_sentence(sentence: str) -> _Parse | None:
     m = _ENLARGED.match(core)
     if m:
         f = "Enlarged Cardiomediastinum" if re.search(r"mediast", m["subj"], re.I) else "Cardiomegaly"
+        if mentioned != {f}:
+            return None
         out.polarity[f] = True
         normal = " normal in size" if m["subj"].lower().endswith("heart") else " normal"
         out.rewrite[f] = lambda: core[:m.start("verb")] + m["verb"] + normal + stop
