@@ -82,13 +82,13 @@ def labels_of_set(data: Any) -> np.ndarray:
         raise ValueError(f"labels_of_set: {name!r} is not a phantom set (its meta names no phantom generator); "
                          "labels of other sets come from their own label files")
     split, seed = meta.get("split"), meta.get("seed")
+    _check_split(str(split), seed, 0)
     out = np.empty((len(data.study_ids), len(CHEXPERT_LABELS)), dtype=np.int8)
     for row, sid in enumerate(data.study_ids):
         m = _STUDY_ID.fullmatch(str(sid))
         if not m or m["split"] != split or int(m["seed"]) != seed:
             raise ValueError(f"labels_of_set: study id {sid!r} of {name!r} is not a phantom id of split "
                              f"{split!r}, seed {seed!r} (ph-{split}-s{seed}-<index>)")
-        _check_split(split, int(seed), 0)
         rng = np.random.default_rng(study_seed(split, int(seed), int(m["index"]), "description"))
         out[row] = label_vector(describe_study(rng))
     return out

@@ -323,7 +323,8 @@ def split_sentences(text: str) -> tuple[str, list[str], list[str], str]:
     """``(head, sentences, separators, tail)`` with ``head + s0 + sep0 + s1 + ... + tail == text``.
 
     A sentence ends at ``.``, ``!`` or ``?`` (and closing quotes or brackets) followed by white space, unless the
-    word ending there is one of :data:`SENTENCE_ABBREVIATIONS` (``e.g.``); decimals (``2.5 cm``) have no space after their point and never split.
+    word ending there is one of :data:`SENTENCE_ABBREVIATIONS` (``e.g.``); decimals (``2.5 cm``) have no space after
+    their point and never split.
     """
     stripped = text.strip()
     if not stripped:
