@@ -101,7 +101,8 @@ def sweep_vs_floor(studies: int = 200, batch_size: int = 64) -> dict[str, Any]:
     model = load_model("phantom-clip")
     data = phantom("eval", num_studies=studies)
     conds = (Condition("occlusion", 0.0),) + tuple(
-        Condition(n, s) for n in available() for s in get_perturbation(n).default_severities if s)
+        Condition(n, s) for n in available() if get_perturbation(n).side == "image"
+        for s in get_perturbation(n).default_severities if s)
     import tempfile
 
     pixels = preprocess_images(data, model)

@@ -601,6 +601,26 @@ def cmd_perturbations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """List registered metrics: name, what it measures, how it aggregates and how a paired comparison tests it."""
+    from cxr_robust.metric_registry import available_metrics, get_metric
+
+    rows = []
+    for name in available_metrics():
+        m = get_metric(name)
+        rows.append({"name": m.name, "label": m.label, "per_k": m.per_k, "higher_is_better": m.higher_is_better,
+                     "aggregate": m.aggregate, "unit": m.unit, "paired_test": m.paired_test,
+                     "description": m.description})
+    if args.json:
+        _say(json.dumps(rows, indent=1))
+        return EXIT_OK
+    for r in rows:
+        better = "higher is better" if r["higher_is_better"] else "lower is better"
+        _say(f"{r['name']:<16} {r['label']} ({r['aggregate']} over queries, {better})\n    {r['description']}\n"
+             f"    paired test: {r['paired_test']}")
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """List registered models with baseline row, default text policy and where their weights are."""
     from cxr_robust.models import available, get_spec
@@ -909,6 +929,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "severity and where it comes from (docs/perturbations.md).")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_perturbations)
+
+    p = sub.add_parser("metrics", help="registered metrics, how they aggregate and how they are tested",
+                       formatter_class=fmt,
+                       description="List the metrics --metrics accepts (docs/metrics.md). Recall@k is the gated "
+                                   "metric; --negation adds the negation test.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("check-data", help="validate a MIMIC-CXR root or a manifest and print its counts",
                        epilog=_EPILOG_CHECK, formatter_class=fmt,

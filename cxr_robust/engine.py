@@ -25,7 +25,7 @@ from cxr_robust import PAPER_KS, PAPER_RATIOS, __version__
 from cxr_robust.cache import EmbeddingCache, key_digest
 from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_DECODED_BYTES, MAX_PIXELS, BadImageError
 from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
-from cxr_robust.data.text_policy import TextPolicy
+from cxr_robust.data.text_policy import TextPolicy, report_text
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
 from cxr_robust.perturbations.base import CLEAN_CACHE_ENTRY, Condition, ConditionMap, as_condition
 from cxr_robust.precision import autocast, check_precision
@@ -33,9 +33,14 @@ from cxr_robust.precision import autocast, check_precision
 if TYPE_CHECKING:
     import torch
 
+    from cxr_robust.hard_negatives import NegationResult
     from cxr_robust.models.base import RetrievalModel
 
 log = logging.getLogger(__name__)
+
+
+CLEAN = Condition("occlusion", 0.0)
+"""The clean images: every perturbation's severity 0 is this one pass (one cache entry, ``CLEAN_CACHE_ENTRY``)."""
 
 
 class NonFiniteEmbeddingError(FloatingPointError):
@@ -82,6 +87,13 @@ class SweepConfig:
     on_bad_image: str = "error"
     """``error``: an unusable image file stops the sweep, naming it. ``skip``: it is left out of the queries
     of every condition, counted by reason in ``SweepResult.meta["skipped_images"]`` (its report stays a candidate)."""
+    negation: bool = False
+    """Also measure the negation confusion rate: each study's negated twin joins the candidates
+    (:mod:`cxr_robust.hard_negatives`); the result is :attr:`SweepResult.negation`."""
+    label_match: str = "exact"
+    """When two studies' findings labels match, for the label-aware metrics (:func:`cxr_robust.data.labels.parse_match_rule`)."""
+    uncertain_labels: str = "positive"
+    """How an uncertain (-1) label counts in a match: ``positive`` or ``negative`` (:mod:`cxr_robust.data.labels`)."""
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -97,6 +109,12 @@ class SweepConfig:
             raise ValueError(f"ks must be positive integers, got {self.ks}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        from cxr_robust.data.labels import UNCERTAIN_POLICIES, parse_match_rule
+
+        parse_match_rule(self.label_match)  # a bad rule fails here, before anything is encoded
+        if self.uncertain_labels not in UNCERTAIN_POLICIES:
+            raise ValueError(f"uncertain_labels must be one of {', '.join(UNCERTAIN_POLICIES)}; got "
+                             f"{self.uncertain_labels!r}")
 
 
 @dataclass
@@ -116,6 +134,8 @@ class SweepResult:
     image_ids: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     tie_policy: str = "expected"
+    negation: "NegationResult | None" = None
+    """The negation measurement (``SweepConfig.negation``), else None."""
 
     def __post_init__(self) -> None:
         self.counts = ConditionMap((as_condition(c), rc) for c, rc in self.counts.items())
@@ -145,6 +165,13 @@ class SweepResult:
     def perturbations(self) -> list[str]:
         """The measured perturbations, in measurement order."""
         return list(dict.fromkeys(c.perturbation for c in self.counts))
+
+    def metrics(self, names: Sequence[str]) -> dict[Condition, dict[str, Any]]:
+        """``{condition: {metric: value or {k: value}}}`` of the registered metrics ``names`` (label-aware ones
+        only where the data set has findings labels) from the same per-query ranks."""
+        from cxr_robust.metric_registry import compute_metrics
+
+        return {c: compute_metrics(rc, names, self.ks, self.tie_policy) for c, rc in self.counts.items()}
 
 
 def pick_device(device: str | None = None) -> str:
@@ -433,6 +460,48 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
     timings["texts_s"] = time.perf_counter() - t0
     text_t = torch.from_numpy(text_emb).to(device)
 
+    def compose(findings: str, impression: str) -> str:
+        """A (perturbed or twin) report as the model reads it: its text policy, or, when that leaves nothing
+        (e.g. findings only under an impression policy), the sections that are left."""
+        return report_text(findings, impression, policy) or report_text(findings, impression,
+                                                                         TextPolicy.FINDINGS_IMPRESSION)
+
+    def embed_other_texts(kind: str, other: list[str], ids: list[str]) -> "torch.Tensor":
+        """Embeddings of texts other than the reports (perturbed reports, twins), keyed by their content."""
+        def compute() -> np.ndarray:
+            encoded["texts"] += len(other)
+            return encode_texts(model, other, ids, config.batch_size, config.progress, device, config.precision,
+                                contract)
+
+        key = {**text_key, "texts": texts_fingerprint(ids, other), "kind": kind}
+        emb, _ = cache.get_or_compute("text", key, compute)
+        return torch.from_numpy(emb).to(device)
+
+    not_applicable: dict[str, int] = {}
+
+    def report_side_texts(condition: Condition) -> "torch.Tensor":
+        """The candidate reports perturbed at ``condition`` (seeded per study id), embedded."""
+        spec = condition.spec()
+        new_f, new_i = spec.perturb_reports(data.findings, data.impressions, data.study_ids, condition.severity,
+                                            config.seed)
+        out, skipped_reports = [], 0
+        for j, (text, f, i) in enumerate(zip(texts, new_f, new_i)):
+            new = compose(f, i)
+            if spec.not_applicable(data.findings[j], data.impressions[j]) or not new.strip():
+                new, skipped_reports = text, skipped_reports + 1  # e.g. findings only, for a study without findings
+            out.append(new)
+        not_applicable[condition.key] = skipped_reports
+        return embed_other_texts(f"report:{condition.key}", out, data.study_ids)
+
+    label_kw: dict[str, Any] = {}
+    labels_meta: dict[str, Any] = {"source": None}
+    if data.labels is not None:
+        from cxr_robust.data.labels import LabelMatch
+
+        match = LabelMatch(data.labels, config.label_match, config.uncertain_labels)
+        label_kw = {"relevance": match, "label_ks": tuple(config.ks)}
+        labels_meta = {**data.labels.summary(), "match": match.describe()}
+
     pixels: "torch.Tensor | None" = None
     image_fp = data.image_fingerprint() if config.cache_images else None
 
@@ -474,7 +543,7 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
                         ", ".join(skipped_ids[:5]))
     query_ids = [data.image_ids[i] for i in queries]
     query_study = data.image_study[queries]
-    counts: dict[float, RankCounts] = {}
+    counts: dict[Condition, RankCounts] = {}
     clean_counts: RankCounts | None = None  # every severity 0 is the same clean pass: encoded and scored once
 
     def image_key(condition: Condition) -> dict[str, Any]:
@@ -492,49 +561,78 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         digest = key_digest(image_key(condition)) if config.cache_images else None
         return ImagePass(model, data, queries, query_ids, condition, config, image_device, digest)
 
-    # The ray engine runs every uncached condition of the sweep on one actor pool, each batch decoded once
+    # Image passes: every image-side condition, and the clean images once (every severity 0 is the same
+    # pass), also when only report-side conditions or the negation test need them.
+    image_passes = [c for c in config.conditions if c.spec().side == "image" and not c.is_clean]
+    if config.negation or any(c.is_clean or c.spec().side == "report" for c in config.conditions):
+        image_passes.insert(0, CLEAN)
+
+    # The ray engine runs every uncached image pass of the sweep on one actor pool, each batch decoded once
     # (one pool per condition would pay the workers' start-up, and decoding, once per condition).
     from_ray: dict[Condition, np.ndarray] = {}
     if config.engine == "ray":
         from cxr_robust.ray_engine import embed_passes
 
-        first_clean = [c for c in config.conditions if c.is_clean][:1]  # every clean condition: one pass
-        todo = [c for c in config.conditions if (not c.is_clean or c in first_clean)
-                and not (config.cache_images and cache.contains("image", image_key(c)))]
+        todo = [c for c in image_passes if not (config.cache_images and cache.contains("image", image_key(c)))]
         from_ray = dict(zip(todo, embed_passes([job(c) for c in todo], cache, contract)))
+
+    def compute_images(condition: Condition) -> np.ndarray:
+        nonlocal pixels
+        encoded["images"] += len(query_ids)
+        if config.engine == "ray":  # decoded, perturbed and encoded on the Ray workers above
+            done = from_ray.pop(condition, None)
+            if done is not None:
+                return done
+            from cxr_robust.ray_engine import embed_pass  # its entry vanished meanwhile (another process)
+
+            return embed_pass(job(condition), cache, contract)
+        if pixels is None:
+            t_dec = time.perf_counter()
+            pixels = (shared_pixels or SHARED_PIXELS).get(data, model, config, queries if skipped_ids else None)
+            timings["decode_s"] = time.perf_counter() - t_dec
+        return encode_perturbed(model, pixels, query_ids, condition, config, device, contract)
+
+    clean_images: "torch.Tensor | None" = None
+
+    def image_embeddings(condition: Condition) -> "torch.Tensor":
+        """The query images' embeddings at an image-side ``condition`` (the clean pass computed once)."""
+        nonlocal clean_images
+        if condition.is_clean:
+            if clean_images is not None:
+                return clean_images
+            condition = CLEAN  # one key for every severity 0, also among the Ray engine's results
+        if config.cache_images:
+            emb, _ = cache.get_or_compute("image", image_key(condition), lambda: compute_images(condition))
+        else:
+            emb = compute_images(condition)
+        out = torch.from_numpy(emb).to(device)
+        if condition.is_clean:
+            clean_images = out
+        return out
 
     for condition in config.conditions:
         t0 = time.perf_counter()
         if condition.is_clean and clean_counts is not None:
             counts[condition] = clean_counts
             continue
-
-        def compute_images(condition: Condition = condition) -> np.ndarray:
-            nonlocal pixels
-            encoded["images"] += len(query_ids)
-            if config.engine == "ray":  # decoded, perturbed and encoded on the Ray workers above
-                done = from_ray.pop(condition, None)
-                if done is not None:
-                    return done
-                from cxr_robust.ray_engine import embed_pass  # its entry vanished meanwhile (another process)
-
-                return embed_pass(job(condition), cache, contract)
-            if pixels is None:
-                t_dec = time.perf_counter()
-                pixels = (shared_pixels or SHARED_PIXELS).get(data, model, config, queries if skipped_ids else None)
-                timings["decode_s"] = time.perf_counter() - t_dec
-            return encode_perturbed(model, pixels, query_ids, condition, config, device, contract)
-
-        if config.cache_images:
-            image_emb, _ = cache.get_or_compute("image", image_key(condition), compute_images)
+        if condition.spec().side == "report" and not condition.is_clean:  # clean images against perturbed reports
+            counts[condition] = score_ranks(image_embeddings(CLEAN), report_side_texts(condition), query_study,
+                                            **label_kw)
         else:
-            image_emb = compute_images()
-        counts[condition] = score_ranks(torch.from_numpy(image_emb).to(device), text_t, query_study)
+            counts[condition] = score_ranks(image_embeddings(condition), text_t, query_study, **label_kw)
         if condition.is_clean:
             clean_counts = counts[condition]
         timings[f"{condition.key}_s"] = time.perf_counter() - t0
         if on_condition:
             on_condition(condition, counts[condition])
+
+    negation: "NegationResult | None" = None
+    negation_meta: dict[str, Any] = {}
+    if config.negation:
+        t0 = time.perf_counter()
+        negation, negation_meta = _measure_negation(data, config.seed, texts, compose, embed_other_texts,
+                                                    image_embeddings(CLEAN), text_t, query_study)
+        timings["negation_s"] = time.perf_counter() - t0
 
     timings["total_s"] = time.perf_counter() - t_start
     if contract:
@@ -554,10 +652,52 @@ def run_sweep(model: "RetrievalModel", data: RetrievalSet, config: SweepConfig =
         "skipped_images": skipped, "skipped_image_ids": skipped_ids,
         "studies_without_queries": int(data.num_studies - len(np.unique(query_study))),
         "text_encodings": encoded["texts"], "image_encodings": encoded["images"],
+        "labels": labels_meta, "reports_not_applicable": not_applicable, "negation": negation_meta,
         "contract_violations": {"not_unit_norm": contract} if contract else {},
         "cache_dir": str(cache.root), "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions,
     }
     return SweepResult(model=model.name, dataset=data.name, baseline_row=model.baseline_row,
                        text_policy=policy.value, seed=config.seed, ks=tuple(config.ks), counts=counts,
-                       image_ids=query_ids, meta=meta, tie_policy=config.tie_policy)
+                       image_ids=query_ids, meta=meta, tie_policy=config.tie_policy, negation=negation)
+
+
+def _measure_negation(data: RetrievalSet, seed: int, texts: list[str], compose: Callable[[str, str], str],
+                      embed: Callable[[str, list[str], list[str]], "torch.Tensor"], clean_images: "torch.Tensor",
+                      text_t: "torch.Tensor", query_study: np.ndarray) -> tuple["NegationResult", dict[str, Any]]:
+    """The negation measurement of a sweep: each study's twin (as the model reads it) against its report.
+
+    A twin whose flipped finding lies in a section the model's text policy does not read would be the same text
+    as its report: it is left out (and counted), because it would score a tie whatever the model is.
+    """
+    from cxr_robust.data.negation import negation_twins
+    from cxr_robust.hard_negatives import measure_negation
+
+    twins = negation_twins(data, seed=seed)
+    studies, twin_texts, unseen = [], [], 0
+    by_finding: dict[str, int] = {}
+    for j, (f, i, finding) in enumerate(zip(twins.findings, twins.impressions, twins.finding)):
+        if f is None or i is None:
+            continue
+        text = compose(f, i)
+        if text == texts[j]:
+            unseen += 1
+            continue
+        studies.append(j)
+        twin_texts.append(text)
+        by_finding[str(finding)] = by_finding.get(str(finding), 0) + 1
+    ids = [data.study_ids[j] for j in studies]
+    twin_emb = embed("negation-twins", twin_texts, ids) if studies else text_t[:0]
+    result = measure_negation(clean_images, text_t, twin_emb, studies, query_study, twins.method, by_finding)
+    meta = {"method": twins.method, "twins": len(studies), "studies": data.num_studies,
+            "coverage": round(len(studies) / data.num_studies, 6), "twins_unseen_by_text_policy": unseen,
+            "by_finding": dict(sorted(by_finding.items()))}
+    return result, meta
+
+
+def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
+    """Hash of (id, text) pairs, for cache keys (reveals no text)."""
+    h = hashlib.sha256()
+    for sid, text in zip(ids, texts):
+        h.update(sid.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()

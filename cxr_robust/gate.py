@@ -27,6 +27,7 @@ from cxr_robust.stats import (CellDecision, CellInput, GateRule, GridDecision, a
 if TYPE_CHECKING:
     from cxr_robust.data.retrieval_set import RetrievalSet
     from cxr_robust.engine import SweepResult
+    from cxr_robust.hard_negatives import NegationDecision
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,16 @@ class GateOptions:
     refresh_cache: bool = False
     reference_model: str | None = None
     """A measured model to express every model's corruption error relative to (the mCE-style figure)."""
+    metrics: tuple[str, ...] = ("all",)
+    """Registered metrics to report per condition (:mod:`cxr_robust.metric_registry`; ``all``: every one)."""
+    labeler: str = "chexpert"
+    """Which MIMIC-CXR-JPG label file gives the findings labels: ``chexpert`` or ``negbio``."""
+    label_match: str = "exact"
+    """When two studies' findings labels match, for the label-aware metrics (:func:`~cxr_robust.data.labels.parse_match_rule`)."""
+    uncertain_labels: str = "positive"
+    """How an uncertain (-1) findings label counts: ``positive`` or ``negative``."""
+    negation: bool = False
+    """Measure and gate each model's negation confusion rate (:mod:`cxr_robust.hard_negatives`)."""
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -113,8 +124,17 @@ class GateOptions:
         try:  # unknown names and bad severities fail here, before any loading, saying what is close
             self.perturbations = parse_perturbations(self.perturbations)
             self.conditions()
+            from cxr_robust.metric_registry import parse_metrics
+
+            self.metrics = parse_metrics(self.metrics)
         except KeyError as exc:
             raise ValueError(str(exc)) from None
+        from cxr_robust.data.labels import UNCERTAIN_POLICIES, parse_match_rule
+
+        parse_match_rule(self.label_match)
+        if self.uncertain_labels not in UNCERTAIN_POLICIES:
+            raise ValueError(f"uncertain_labels must be one of {', '.join(UNCERTAIN_POLICIES)}; got "
+                             f"{self.uncertain_labels!r}")
 
     def conditions(self) -> tuple[Condition, ...]:
         """The measured conditions in order: each perturbation's severities (plus the clean images)."""
@@ -161,6 +181,8 @@ class ModelRun:
     baseline_source: str | None = None
     error: BaseException | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    negation: "NegationDecision | None" = None
+    """The negation test (``--cxr-negation``), else None."""
 
 
 BASELINE_ROW_RULES = {"registry": "declared by the model's registry entry",
@@ -280,7 +302,7 @@ class GateSession:
             from cxr_robust.data.mimic import load_mimic
 
             data = load_mimic(o.mimic_root, reports=o.mimic_reports, split=o.mimic_split, views=o.views,
-                              on_bad_image=o.on_bad_image)
+                              on_bad_image=o.on_bad_image, labels=o.labeler)
         else:
             from cxr_robust.data.manifest import load_manifest
 
@@ -311,7 +333,8 @@ class GateSession:
             config = SweepConfig(conditions=o.conditions(), ks=tuple(o.ks), seed=o.seed, batch_size=o.batch_size,
                                  device=o.device, precision=o.precision, text_policy=o.text_policy,
                                  on_bad_image=o.on_bad_image, draft_decode=o.draft_decode, engine=o.engine,
-                                 ray_address=o.ray_address)
+                                 ray_address=o.ray_address, negation=o.negation, label_match=o.label_match,
+                                 uncertain_labels=o.uncertain_labels)
             log.info("cxr-robust: sweeping %s on %s (%d images, %d reports)", model, data.name,
                      data.num_images, data.num_studies)
             cache = EmbeddingCache(o.cache_dir, refresh=o.refresh_cache)
@@ -403,6 +426,31 @@ class GateSession:
                 run.mode, run.baseline_source = "unpaired", str(table.path)
             run.grid = grid_unpaired(result, decisions, self.rule)
         apply_family(list(decisions.values()), run.grid, self.options.alpha)
+        if result.negation is not None:
+            run.negation = self._decide_negation(result, ref_path)
+
+    def _decide_negation(self, result: "SweepResult", ref_path: Path | None) -> "NegationDecision":
+        """The negation test, paired with the per-query values recorded in ``ref_path`` when it holds them."""
+        import numpy as np
+
+        from cxr_robust.hard_negatives import decide_negation
+        from cxr_robust.paired import align_ids
+        from cxr_robust.results import load_negation
+
+        assert result.negation is not None
+        reference = None
+        if ref_path is not None:
+            try:
+                recorded = load_negation(ref_path)
+                if recorded is not None:
+                    ref_ids, values = recorded
+                    align_ids(ref_ids, result.image_ids)  # the same images, or a ValueError naming the difference
+                    by_id = dict(zip(ref_ids, values.tolist()))
+                    reference = np.array([by_id[i] for i in result.image_ids], dtype=float)
+            except (ValueError, OSError) as exc:
+                raise GateUsageError(f"cannot pair the negation test with the recorded ranks {ref_path}: {exc}") from None
+        return decide_negation(result.model, result.negation, self.options.alpha, result.ks, reference,
+                               str(ref_path) if reference is not None else None, seed=result.seed)
 
     def _apply_paired(self, result: "SweepResult", path: Path,
                       decisions: dict[tuple[Condition, int], CellDecision]) -> GridDecision:
@@ -432,7 +480,9 @@ class GateSession:
                 out.append(ModelOutcome(model, "measured", baseline_row=row, baseline_row_rule=rule,
                                         baseline_source=run.baseline_source, text_policy=run.result.text_policy,
                                         meta=run.result.meta, cells=cells, summary=run.summary,
-                                        grid=run.grid.as_dict() if run.grid else None, mode=run.mode))
+                                        grid=run.grid.as_dict() if run.grid else None, mode=run.mode,
+                                        metrics=metric_rows(run.result, self.options.metrics),
+                                        negation=run.negation.as_dict() if run.negation else None))
             elif model in self.skipped:
                 out.append(ModelOutcome(model, "skipped", reason=self.skipped[model]))
         return out
@@ -559,8 +609,30 @@ class GateSession:
                 else:
                     log.warning("%s recorded other images than this run (%d vs %d); it is replaced", path,
                                 len(old_ids), len(res.image_ids))
-            written.append(save_ranks(path, dict(sorted(counts.items())), res.image_ids, meta))
+            negation = res.negation.confusion if res.negation is not None else None
+            if negation is None and merge and path.is_file():  # a negation test recorded earlier is kept
+                from cxr_robust.results import load_negation
+
+                try:
+                    old = load_negation(path)
+                except ValueError:
+                    old = None
+                if old is not None and list(old[0]) == list(res.image_ids):
+                    negation = old[1]
+            written.append(save_ranks(path, dict(sorted(counts.items())), res.image_ids, meta, negation=negation))
         return written
+
+
+def metric_rows(result: "SweepResult", names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per measured condition with the registered metrics ``names`` (numbers only; per-k metrics as
+    ``{k: value}``); label-aware metrics appear only when the data set has findings labels."""
+    rows = []
+    for cond, values in result.metrics(names).items():
+        rows.append({"perturbation": cond.perturbation, "severity": cond.severity, "side": cond.spec().side,
+                     "label": cond.label, **{name: ({str(k): v for k, v in value.items()}
+                                                    if isinstance(value, dict) else value)
+                                             for name, value in values.items()}})
+    return rows
 
 
 def compare_paired(result: "SweepResult", decisions: dict[tuple[Condition, int], CellDecision],

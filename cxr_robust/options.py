@@ -190,6 +190,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("seed", "int", "perturbation seed: boxes, noise and other random draws", metavar="N", minimum=0),
     Option("reference_model", "str", "a measured model to express every model's corruption error relative "
            "to (mCE)", metavar="MODEL"),
+    # ----- clinical metrics
+    Option("metrics", "names", "metrics reported per condition, or all: recall, mrr, mean_rank, median_rank, "
+           "label_precision, label_hit (`cxr-robust metrics` lists them); Recall@k is always gated",
+           metavar="NAME,NAME", default="all"),
+    Option("labeler", "choice", "which MIMIC-CXR-JPG label file gives the findings labels (mimic-cxr-2.0.0-"
+           "<labeler>.csv.gz in the MIMIC root)", metavar="NAME", choices=("chexpert", "negbio")),
+    Option("label_match", "str", "when two studies' findings labels match, for label_precision/label_hit: exact "
+           "(identical CheXpert label vectors) or jaccard>=T", metavar="RULE"),
+    Option("uncertain_labels", "choice", "how an uncertain (-1) CheXpert label counts: positive (U-Ones) or "
+           "negative", metavar="HOW", choices=("positive", "negative")),
+    Option("negation", "bool", "measure and gate each model's negation confusion rate: each study's negated "
+           "twin joins the candidates (docs/metrics.md)"),
     # ----- how it runs
     Option("device", "str", "cpu, cuda, cuda:1 ...", metavar="DEV", env=True, default="cuda when present"),
     Option("precision", "choice", "encoder precision: fp32, or fp16/bf16 autocast (check rank agreement "

@@ -202,7 +202,12 @@ class CellParam:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize every test that uses ``gate_cell`` with the configured model x condition x k grid, plus one
-    ``<model>-grid`` case per model (the pooled test of the whole grid)."""
+    ``<model>-grid`` case per model (the pooled test of the whole grid); a test that uses ``gate_negation`` gets
+    one ``<model>-negation`` case per model."""
+    if "gate_negation" in metafunc.fixturenames:
+        models = _session(metafunc.config).options.models
+        metafunc.parametrize("gate_negation", [pytest.param(m, id=f"{m}-negation", marks=[pytest.mark.xdist_group(m)])
+                                               for m in models], indirect=True)
     if "gate_cell" not in metafunc.fixturenames:
         return
     from cxr_robust.gate import cell_id
@@ -219,7 +224,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Gate cases carry the ``robustness`` marker even if their module forgot it."""
     for item in items:
-        if "gate_cell" in getattr(item, "fixturenames", ()):
+        if {"gate_cell", "gate_negation"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.robustness)
 
 
@@ -337,6 +342,76 @@ def gate_cell(request: pytest.FixtureRequest, cxr_gate: "GateSession") -> GateCe
 
 
 _CELL_KEY: "pytest.StashKey[GateCell]" = pytest.StashKey()
+
+
+class NegationCheck:
+    """What a negation test sees: the model's negation decision and the assertion that states it in full."""
+
+    def __init__(self, model: str, run: "ModelRun", session: "GateSession") -> None:
+        self.model = model
+        self.run = run
+        self.session = session
+        self.decision = run.negation
+
+    def _numbers(self) -> str:
+        d = self.decision
+        assert d is not None
+        base = "none" if d.baseline is None else f"{100 * d.baseline:.1f}%"
+        return (f"negation confusion rate {100 * d.rate:.1f}% (95% CI {100 * d.ci_low:.1f}-{100 * d.ci_high:.1f}%; "
+                f"50% = blind), recorded {base}, {d.n_queries} queries, {d.n_twins} twins of {d.n_studies} studies "
+                f"({d.method})")
+
+    def check(self) -> None:
+        """Fail when the model does not clearly read negation, when it reads it significantly worse than the
+        recorded run, or when there is no recorded run (unless ``--cxr-allow-missing-baseline``)."""
+        from cxr_robust import verdicts
+
+        d, o = self.decision, self.session.options
+        if d is None:
+            pytest.fail(f"{self.model}: the sweep measured no negation test although --cxr-negation is on",
+                        pytrace=False)
+        state = verdicts.negation_state(d.as_dict(), o.effective())
+        if d.n_queries == 0:
+            pytest.fail(f"{self.model}: the negation test measured nothing: no study of "
+                        f"{self.session.dataset_name()} has a negated twin ({d.method}); it cannot pass", pytrace=False)
+        if not d.below_half:
+            pytest.fail(f"{self.model} is blind to negation: {self._numbers()}; the upper end of the CI must be "
+                        f"below 50% ({d.rule})", pytrace=False)
+        if state in (verdicts.MISSING, verdicts.NOT_COMPARED):
+            reason = (f"no recorded negation values for {self.model!r} on {self.session.dataset_name()!r} in "
+                      f"{o.baselines_dir}/ranks/; record them with `pytest -m robustness --cxr-models {self.model} "
+                      "--cxr-negation --cxr-update-baselines`")
+            if state == verdicts.NOT_COMPARED:
+                pytest.skip(f"NOT COMPARED (--cxr-allow-missing-baseline): {reason}")
+            pytest.fail(f"{self.model}: the negation test was not compared: {reason}; or pass "
+                        "--cxr-allow-missing-baseline to report it as NOT COMPARED", pytrace=False)
+        if state == verdicts.FAIL:
+            pytest.fail(f"{self.model} reads negation significantly worse than the recorded run "
+                        f"{d.baseline_source}: {self._numbers()}; paired p = {d.p_value:.2g} < {d.alpha / 2:g} "
+                        f"({d.rule})", pytrace=False)
+
+
+@pytest.fixture
+def gate_negation(request: pytest.FixtureRequest, cxr_gate: "GateSession") -> NegationCheck:
+    """One model's negation test (``--cxr-negation``); skips, saying how to enable it, when the option is off."""
+    model: str = request.param
+    if not cxr_gate.options.negation:
+        pytest.skip("the negation test is off: enable it with --cxr-negation (ini cxr_robust_negation = true, "
+                    "pyproject [tool.cxr_robust] negation = true)")
+    reason = cxr_gate.unavailable_reason(model)
+    if reason:
+        cxr_gate.skipped[model] = reason
+        if cxr_gate.options.require_all:
+            pytest.fail(f"--cxr-require-all: {model}: {reason}", pytrace=False)
+        pytest.skip(f"{model}: {reason}")
+    from cxr_robust.gate import GateUsageError
+
+    run = cxr_gate.run(model)
+    if isinstance(run.error, GateUsageError):
+        pytest.exit(f"cxr-robust: {run.error}", returncode=pytest.ExitCode.USAGE_ERROR)
+    if run.error is not None:
+        pytest.fail(f"{model}: the sweep failed: {type(run.error).__name__}: {run.error}", pytrace=False)
+    return NegationCheck(model, run, cxr_gate)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -474,6 +549,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                     f"({counts['images']} images, {counts['studies']} reports): {', '.join(parts)}{source}; "
                     f"{meta['text_encodings']} report texts encoded this run; sweep {meta['timings']['total_s']:.1f}s "
                     f"on {meta['device']}")
+                neg = m.get("negation")
+                if isinstance(neg, dict):
+                    base = "" if neg.get("baseline") is None else f", recorded {100 * neg['baseline']:.1f}%"
+                    tr.write_line(f"{m['model']}: negation test {verdicts.STATE_LABELS.get(neg.get('state'), '?')}: "
+                                  f"confusion rate {100 * neg['rate']:.1f}% (95% CI {100 * neg['ci_low']:.1f}-"
+                                  f"{100 * neg['ci_high']:.1f}%; 50% = blind){base}, {neg['n_queries']} queries")
             else:
                 tr.write_line(f"{m['model']}: {m['status']}: {m['reason']}")
     for line in config.stash.get(_UPDATE_KEY, []):

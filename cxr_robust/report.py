@@ -773,7 +773,83 @@ def _model_section(model: dict, index: int, credentialed: bool) -> str:
         body.append(f"{title}{_grid(model, name)}<div class=row><div>{_compact_summary(summary, name)}</div>"
                     f"<div>{small_multiples(model, f'plot-{index}-{j}', name)}</div></div>"
                     f"{_raw_summary(summary, name, credentialed)}")
+    body.append(_safe(_negation, model))
+    body.append(_safe(_metrics, model))
     return head + _encodings(meta) + "".join(body) + "</section>"
+
+
+_METRIC_COLUMNS = (("recall", "Recall@{k}", True), ("label_precision", "label P@{k}", True),
+                   ("label_hit", "label hit@{k}", True), ("mrr", "MRR", False), ("median_rank", "median rank", False),
+                   ("mean_rank", "mean rank", False))
+"""The metrics table's columns (metric, heading, given per k); a metric the run did not report is left out."""
+
+
+def _metric_value(row: dict, name: str, per_k: bool, k: str) -> str:
+    value = _dict(row.get(name)).get(k) if per_k else row.get(name)
+    if not _is_num(value):
+        return "—"
+    if per_k:
+        return _pct(value, 1)
+    return f"{value:.3f}" if name == "mrr" else f"{value:.1f}"
+
+
+def _metrics(model: dict) -> str:
+    """Every reported metric per condition (image- then report-side), at one k, with the label rule."""
+    rows = [r for r in model.get("metrics") or [] if isinstance(r, dict)]
+    if not rows:
+        return ""
+    ks = sorted({k for r in rows for k in _dict(r.get("recall"))}, key=lambda k: int(k) if str(k).isdigit() else 0)
+    k = "10" if "10" in ks else (ks[0] if ks else "")
+    cols = [(n, h, per_k) for n, h, per_k in _METRIC_COLUMNS if any(n in r for r in rows)]
+    head = "".join(f"<th>{_e(h.format(k=k))}</th>" for _, h, _ in cols)
+    body = []
+    for side in ("image", "report"):
+        for r in (r for r in rows if r.get("side", "image") == side):
+            cond = f"{r.get('perturbation')} {_severity_label(str(r.get('perturbation')), r.get('severity'))}"
+            body.append(f"<tr><th class=nowrap>{_e(cond)}{' (report)' if side == 'report' else ''}</th>"
+                        + "".join(f"<td class=num>{_e(_metric_value(r, n, per_k, k))}</td>" for n, _, per_k in cols)
+                        + "</tr>")
+    labels = _dict(_dict(model.get("meta")).get("labels"))
+    if labels.get("source"):
+        rule = (f" A retrieved report counts for label P@k / hit@k when its study's findings labels match the "
+                f"query's: {labels.get('match', '?')}; {labels.get('labelled_studies', '?')} of "
+                f"{_num(labels.get('labelled_studies', 0) + labels.get('unlabelled_studies', 0))} studies "
+                f"labelled ({labels.get('source')}).")
+    else:
+        rule = " The data set has no findings labels, so the label-aware metrics are not reported."
+    caption = (f"Metrics per condition at k = {k} from the same per-query ranks (report-side conditions: clean "
+               "images against perturbed reports). Only Recall@k is gated; the others are reported. Ties count "
+               f"in expectation.{rule}")
+    return (f"<h3>Metrics</h3><div class=scroll><table class=summary><caption>{_e(caption)}</caption>"
+            f"<thead><tr><th>condition</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _negation(model: dict) -> str:
+    """The negation test: confusion rate with CI against 50 % and the recorded run, and how the twins came."""
+    neg = _dict(model.get("negation"))
+    if not neg:
+        return ""
+    state = neg.get("state") or verdicts.negation_state(neg, {})
+    cls = "pass" if state in (verdicts.PASS, verdicts.RECORDED) else (
+        "fail" if state in verdicts.FAILING_STATES else "nobase")
+    base = "none recorded" if neg.get("baseline") is None else _pct(neg.get("baseline"), 1)
+    p = "—" if neg.get("p_value") is None else f"{neg['p_value']:.2g}"
+    findings = ", ".join(f"{name} {n}" for name, n in sorted(_dict(neg.get("by_finding")).items()))
+    pool = _dict(neg.get("pool_recall"))
+    pool_text = ", ".join(f"R@{k} {_pct(v, 1)}" for k, v in pool.items())
+    rows = {"verdict": verdicts.STATE_LABELS.get(state, str(state)),
+            "confusion rate": f"{_pct(neg.get('rate'), 1)} (95 % CI {_pct(neg.get('ci_low'), 1)} – "
+                              f"{_pct(neg.get('ci_high'), 1)}); 50 % = blind to negation",
+            "recorded run": f"{base}; paired p = {p}",
+            "queries": _num(neg.get("n_queries")),
+            "twins": f"{_num(neg.get('n_twins'))} of {_num(neg.get('n_studies'))} studies "
+                     f"({_pct(neg.get('coverage'), 1)}), {neg.get('method', '?')}",
+            "flipped findings": findings or "—",
+            "Recall@k with twins in the pool": pool_text or "—"}
+    table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items())
+    return (f"<h3>Negation</h3><table class='kv {cls}'><caption>Share of queries whose report's negated twin "
+            "(one finding's presence flipped) scores above the true report. "
+            f"{_e(neg.get('rule', ''))}</caption>{table}</table>")
 
 
 def _across(model: dict, names: list[str]) -> str:

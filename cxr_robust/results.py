@@ -49,6 +49,10 @@ class ModelOutcome:
     """The model's grid test (:class:`cxr_robust.stats.GridDecision` as a dict), when it was measured."""
     mode: str | None = None
     """How its cells were compared: ``paired`` (recorded per-query ranks), ``unpaired`` (a table) or ``none``."""
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    """One row per condition with the reported metrics (:func:`cxr_robust.gate.metric_rows`)."""
+    negation: dict[str, Any] | None = None
+    """The negation test (:class:`cxr_robust.hard_negatives.NegationDecision` as a dict), when it was measured."""
 
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
@@ -159,11 +163,12 @@ def _ranks_name(condition: Condition) -> str:
 
 
 def save_ranks(path: str | Path, counts: dict[Condition, RankCounts], image_ids: list[str],
-               meta: dict[str, Any]) -> Path:
+               meta: dict[str, Any], negation: np.ndarray | None = None) -> Path:
     """Per-query rank counts of every condition (for paired comparisons), written atomically as ``.npz``.
 
     Per condition: ``above_<c>``, ``ties_<c>``, ``n_<c>``; with label counts also ``labelprec_<c>`` and
-    ``labelhit_<c>`` ``(M, K)``, ``labelled_<c>`` ``(M,)`` and ``labelks_<c>`` ``(K,)``.
+    ``labelhit_<c>`` ``(M, K)``, ``labelled_<c>`` ``(M,)`` and ``labelks_<c>`` ``(K,)``. With ``negation``
+    (per query: 1 / 0.5 / 0 / NaN, :mod:`cxr_robust.hard_negatives`) also ``negation_confusion``.
     """
     path = Path(path)
     arrays: dict[str, Any] = {"image_ids": np.array(image_ids, dtype=str),
@@ -178,9 +183,32 @@ def save_ranks(path: str | Path, counts: dict[Condition, RankCounts], image_ids:
             arrays[f"labelhit_{name}"] = c.label.hit
             arrays[f"labelled_{name}"] = c.label.labelled
             arrays[f"labelks_{name}"] = np.array(c.label.ks, dtype=np.int64)
+    if negation is not None:
+        if np.shape(negation) != (len(image_ids),):
+            raise ValueError(f"{np.shape(negation)} negation values for {len(image_ids)} queries")
+        arrays[NEGATION_ARRAY] = np.asarray(negation, dtype=np.float64)
     with atomic_open(path, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     return path
+
+
+NEGATION_ARRAY = "negation_confusion"
+"""The ranks file's array of per-query negation values, when the run measured the negation test."""
+
+
+def load_negation(path: str | Path) -> tuple[list[str], np.ndarray] | None:
+    """The image ids and per-query negation values recorded in a ranks file, or None when it holds none."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if NEGATION_ARRAY not in npz.files:
+                return None
+            ids, values = [str(x) for x in npz["image_ids"]], np.asarray(npz[NEGATION_ARRAY], dtype=float)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise RanksFileError(path, _load_problem(exc)) from None
+    if values.shape != (len(ids),):
+        raise RanksFileError(path, f"{values.shape} negation values for {len(ids)} images")
+    return ids, values
 
 
 class RanksFileError(ValueError):

@@ -10,6 +10,10 @@ A cell (or a model's grid test) is in exactly one state:
 * ``missing``: it has no baseline, which is a failure (a gate that compares nothing must not go green);
 * ``not-compared``: it has no baseline and the run allowed that (``--cxr-allow-missing-baseline``);
 * ``recorded``: a ``--cxr-update-baselines`` run measured it for the record (the chance test still applies).
+
+A model's negation test (``--cxr-negation``; :mod:`cxr_robust.hard_negatives`) takes the same states: ``fail``
+when its confusion rate is not clearly below 50 % (in any run, as the chance test) or is significantly worse
+than the recorded run, ``missing`` / ``not-compared`` without a recording, ``recorded``, else ``pass``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,19 @@ def cell_state(cell: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return baseline_state(cell, config)
 
 
+def negation_state(negation: Any, config: Mapping[str, Any]) -> str | None:
+    """The state of a model's negation test dict, or None when it was not measured."""
+    if not isinstance(negation, Mapping):
+        return None
+    if negation.get("below_half") is not True:  # blind to negation (or no twin to measure): never a pass
+        return FAIL
+    if config.get("update_baselines"):
+        return RECORDED
+    if negation.get("passed") is None:
+        return NOT_COMPARED if config.get("allow_missing_baseline") else MISSING
+    return PASS if negation.get("passed") is True else FAIL
+
+
 def grid_fails(grid: Any, config: Mapping[str, Any]) -> bool:
     """Whether a model's grid test fails the model. A grid without a baseline is not a failure of its own:
     its cells already fail as missing (or are NOT COMPARED when that was allowed)."""
@@ -65,7 +82,7 @@ def model_tally(model: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
             "failed": states.count(FAIL), "missing": states.count(MISSING),
             "not_compared": states.count(NOT_COMPARED), "recorded": states.count(RECORDED),
             "chance_failed": sum(1 for c in cells if c.get("chance_passed") is False),
-            "grid_failed": int(grid_failed)}
+            "grid_failed": int(grid_failed), "negation": negation_state(model.get("negation"), config)}
 
 
 def model_verdict(model: Mapping[str, Any], config: Mapping[str, Any]) -> str:
@@ -77,11 +94,11 @@ def model_verdict(model: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if status != "measured":
         return RUN_FAIL if config.get("require_all") else RUN_NOTHING
     t = model_tally(model, config)
-    if t["failed"] or t["missing"] or t["grid_failed"]:
+    if t["failed"] or t["missing"] or t["grid_failed"] or t["negation"] in FAILING_STATES:
         return RUN_FAIL
-    if t["recorded"]:
+    if t["recorded"] or t["negation"] == RECORDED:
         return RUN_RECORDED
-    if t["not_compared"]:
+    if t["not_compared"] or t["negation"] == NOT_COMPARED:
         return RUN_NOT_COMPARED
     return RUN_PASS
 
@@ -114,12 +131,32 @@ def run_verdict(doc: Mapping[str, Any]) -> tuple[str, list[str]]:
             if t["not_compared"]:
                 why.append(f"{name}: {t['not_compared']} cells NOT COMPARED (no baseline; "
                            "--cxr-allow-missing-baseline)")
+            why.extend(_negation_reason(name, m.get("negation"), t["negation"]))
         else:
             why.append(f"{name}: skipped" + (" — a failure under require_all" if config.get("require_all") else ""))
     for verdict in (RUN_FAIL, RUN_NOT_COMPARED, RUN_RECORDED, RUN_PASS):
         if verdict in verdicts:
             return verdict, why
     return RUN_NOTHING, why or ["no model was configured"]
+
+
+def _negation_reason(name: str, negation: Any, state: str | None) -> list[str]:
+    """The line explaining a failing or uncompared negation test (none when it passed or was not measured)."""
+    if state is None or state in (PASS, RECORDED) and negation.get("below_half"):
+        return []
+    if negation.get("below_half") is not True:
+        if not negation.get("n_queries"):
+            return [f"{name}: negation test measured nothing (no study has a negated twin)"]
+        return [f"{name}: blind to negation: its twin outranks the true report for "
+                f"{100 * negation['rate']:.1f}% of queries (95% CI up to {100 * negation['ci_high']:.1f}%), not "
+                "clearly below 50%"]
+    if state == FAIL:
+        return [f"{name}: negation confusion rate {100 * negation['rate']:.1f}% is significantly worse than the "
+                f"recorded {100 * negation['baseline']:.1f}%"]
+    if state == MISSING:
+        return [f"{name}: the negation test has no recorded run to compare with (a failure; record one with "
+                "--cxr-update-baselines --cxr-negation)"]
+    return [f"{name}: the negation test was NOT COMPARED (no recorded run; --cxr-allow-missing-baseline)"]
 
 
 def annotate(doc: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +172,8 @@ def annotate(doc: dict[str, Any]) -> dict[str, Any]:
         grid = m.get("grid")
         if isinstance(grid, dict):
             grid["state"] = cell_state(grid, config)
+        if isinstance(m.get("negation"), dict):
+            m["negation"]["state"] = negation_state(m["negation"], config)
         m["verdict"] = model_verdict(m, config)
         if m.get("status") == "measured":
             m["tally"] = model_tally(m, config)

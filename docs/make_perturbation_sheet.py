@@ -39,7 +39,7 @@ def film(side: int = SIDE) -> tuple[torch.Tensor, str]:
 def main(out: Path = OUT) -> Path:
     """Render the sheet to ``out`` and return its path."""
     x, image_id = film()
-    names = available()
+    names = [n for n in available() if get_perturbation(n).side == "image"]  # report-side ones have no pixels
     cols = 6
     sheet = Image.new("L", (LABEL_W + cols * (TILE + GAP), HEADER + len(names) * (TILE + GAP)), 255)
     draw = ImageDraw.Draw(sheet)

@@ -9,7 +9,7 @@ import pytest
 
 from cxr_robust import PAPER_KS, PAPER_RATIOS, verdicts
 from cxr_robust.gate import GateOptions, GateSession, cell_id
-from cxr_robust.perturbations import Condition, available
+from cxr_robust.perturbations import Condition, available, get_perturbation
 
 
 def test_the_default_grid_is_the_papers_occlusion_grid_with_unchanged_ids() -> None:
@@ -48,7 +48,8 @@ def test_every_family_records_then_passes_against_its_baselines(tmp_path: Path) 
     assert run.error is None and run.mode == "paired"
     measured = {c for c, _ in run.decisions}
     assert {c.perturbation for c in measured} == set(available())
-    assert len(measured) == 1 + 1 + 5 * (len(available()) - 1)  # clean + occlusion 25 % + 5 levels each
+    levels = sum(len(get_perturbation(n).default_severities) for n in available() if n != "occlusion")
+    assert len(measured) == 1 + 1 + levels  # clean + occlusion 25 % + each perturbation's default levels
     failing = [(c.label, k) for (c, k), d in run.decisions.items() if d.passed is False or not d.chance_passed]
     assert not failing and run.grid is not None and run.grid.passed
     doc = gate.document()

@@ -17,3 +17,9 @@ def test_recall_not_below_baseline(gate_cell):
 def test_recall_vs_chance(gate_cell):
     """Clearly-above-chance baselines stay clearly above chance; no cell is clearly below chance (k/N)."""
     gate_cell.check_chance()
+
+
+def test_negation_confusion(gate_negation):
+    """The model ranks a study's report above its negated twin clearly more than half the time, and not
+    significantly less often than its recorded run (``--cxr-negation``)."""
+    gate_negation.check()

@@ -705,12 +705,18 @@ def _assemble(studies: list[PhantomStudy], key: dict) -> RetrievalSet:
 
 def _build(key: dict, study_ids: list[str], findings: list[str], impressions: list[str], image_ids: list[str],
            image_study: Sequence[int], views: list[str], arrays: Sequence[np.ndarray]) -> RetrievalSet:
+    from cxr_robust.data.labels import StudyLabels
+    from cxr_robust.data.phantom_labels import phantom_labels  # it imports this module: imported here
+
     suffix = "" if key["num_studies"] == SPLITS[key["split"]] else f"-n{key['num_studies']}"
     meta = {"generator": "cxr_robust.data.phantom", **key, "num_images": len(image_ids)}
+    # The generator knows every study's findings: its labels are exact (no labeler in between).
+    labels = StudyLabels.from_codes(phantom_labels(key["split"], key["seed"], key["num_studies"]),
+                                    source="phantom generator")
     return RetrievalSet(name=f"phantom-{key['split']}-s{key['seed']}{suffix}", study_ids=study_ids,
                         findings=findings, impressions=impressions, image_ids=image_ids,
                         image_study=np.asarray(image_study, dtype=np.int64), views=views,
-                        image_arrays=list(arrays), credentialed=False, meta=meta)
+                        image_arrays=list(arrays), credentialed=False, meta=meta, labels=labels)
 
 
 def _save(path: Path, key: dict, rs: RetrievalSet) -> None:

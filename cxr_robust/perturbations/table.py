@@ -21,7 +21,7 @@ def parameter_table() -> str:
         if name == "occlusion":
             values = ["0.25-81 % (the paper's 7 ratios)", "", "", "", ""]
         else:
-            values = [_value(p.levels[level]) for level in (1, 2, 3, 4, 5)]
+            values = [_value(p.levels[level]) if level in p.levels else "" for level in (1, 2, 3, 4, 5)]
         token = p.id_token(p.default_severities[-1])
         lines.append(f"| `{name}` | `{token}` | {p.group} | {p.parameter_name} | {' | '.join(values)} | "
                      f"{p.source} |")
