@@ -7,6 +7,7 @@ the family of the multiple-testing correction, so a cell's verdict never depends
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,9 +419,9 @@ class GateSession:
             ref_path = self.reference_ranks(row, result.dataset, result.seed)
         except FileNotFoundError as exc:  # a --cxr-compare-to path or an ambiguous recording: the user's to fix
             raise GateUsageError(str(exc)) from None
-        if ref_path is not None:
-            run.mode, run.baseline_source = "paired", str(ref_path)
-            run.grid = self._apply_paired(result, ref_path, decisions)
+        grid = self._apply_paired(result, ref_path, decisions) if ref_path is not None else None
+        if grid is not None:
+            run.mode, run.baseline_source, run.grid = "paired", str(ref_path), grid
         else:
             if table is not None:
                 run.mode, run.baseline_source = "unpaired", str(table.path)
@@ -453,12 +454,15 @@ class GateSession:
                                str(ref_path) if reference is not None else None, seed=result.seed)
 
     def _apply_paired(self, result: "SweepResult", path: Path,
-                      decisions: dict[tuple[Condition, int], CellDecision]) -> GridDecision:
-        """Replace the cells' raw p-values by paired ones against ``path`` and return the paired grid test."""
+                      decisions: dict[tuple[Condition, int], CellDecision]) -> GridDecision | None:
+        """Replace the cells' raw p-values by paired ones against ``path`` and return the paired grid test; None
+        when the recording holds none of the run's conditions (its cells are then compared as if it were absent)."""
         from cxr_robust.results import load_ranks
 
         try:
             ref_counts, ref_ids, ref_meta = load_ranks(path)
+            if not any(c in ref_counts for c in result.counts):
+                return None
             return compare_paired(result, decisions, ref_counts, ref_ids, ref_meta.get("seed"), self.rule,
                                   label=path.name)
         except (ValueError, OSError) as exc:  # a damaged file, or ranks of other images / reports
@@ -601,7 +605,9 @@ class GateSession:
                     old_counts, old_ids, old_meta = {}, list(res.image_ids), {}
                 if list(old_ids) == list(res.image_ids):
                     kept = {c: v for c, v in old_counts.items() if c not in counts}
-                    if kept and old_meta.get("model_fingerprint") != meta["model_fingerprint"]:
+                    # compared as JSON: the recorded fingerprint was read back from JSON (lists, not tuples)
+                    if kept and json.dumps(old_meta.get("model_fingerprint"), sort_keys=True, default=str) != \
+                            json.dumps(meta["model_fingerprint"], sort_keys=True, default=str):
                         self.notes.append(f"{path}: kept {len(kept)} condition(s) recorded from a different model "
                                           "(its fingerprint differs); record every condition again to keep the "
                                           "reference consistent")

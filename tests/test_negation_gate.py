@@ -48,6 +48,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (ranks,) = [p for p in written if p.suffix == ".npz"]
     ids, values = load_negation(ranks)
     assert len(ids) == values.shape[0] and np.isfinite(values).all()  # every phantom study has an exact twin
+    # Recording a condition of the same model again keeps the others without calling it another model (the
+    # fingerprint read back from JSON has lists where the live one has tuples).
+    again = GateSession(GateOptions(models=("phantom-clip",), cache_dir=str(root / "cache"), update_baselines=True,
+                                    report_dir=str(root / "recording"), **{**SMALL, "ratios": (0.25,)}), rootdir=root)
+    assert again.run("phantom-clip").error is None
+    again.update_baselines()
+    assert not [n for n in again.notes if "different model" in n], again.notes
+    assert load_negation(ranks) is not None  # the negation values recorded earlier are kept too
     return root
 
 
