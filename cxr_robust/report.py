@@ -848,8 +848,8 @@ def _negation(model: dict) -> str:
             "Recall@k with twins in the pool": pool_text or "—"}
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items())
     return (f"<h3>Negation</h3><table class='kv {cls}'><caption>Share of queries whose report's negated twin "
-            "(one finding's presence flipped) scores above the true report. "
-            f"{_e(neg.get('rule', ''))}</caption>{table}</table>")
+            "(one finding's presence flipped) scores above the true report. Rule: "
+            f"{_e(neg.get('rule', ''))}.</caption>{table}</table>")
 
 
 def _across(model: dict, names: list[str]) -> str:

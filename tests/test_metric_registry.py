@@ -399,3 +399,27 @@ def test_ranks_file_without_label_arrays_loads_as_before(tmp_path) -> None:
 def test_label_counts_validate_their_shapes() -> None:
     with pytest.raises(ValueError, match="must be"):
         LabelCounts((1, 2), np.zeros((3, 2)), np.zeros((3, 1)), np.ones(3, bool))
+
+
+@pytest.mark.usefixtures("clean_cxr_env")
+def test_the_cli_lists_metrics_and_the_gate_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cxr_robust.cli import EXIT_OK, main
+    from cxr_robust.gate import GateOptions
+
+    assert main(["metrics"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for name in available_metrics():
+        assert name in out
+    assert out.count("paired test:") == len(available_metrics())
+    assert main(["metrics", "--json"]) == EXIT_OK
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == available_metrics()
+    assert GateOptions(metrics=("all",)).metrics == tuple(available_metrics())
+    with pytest.raises(ValueError, match="did you mean 'mrr'"):
+        GateOptions(metrics=("mmr",))
+    with pytest.raises(ValueError, match="jaccard"):
+        GateOptions(label_match="cosine")
+    with pytest.raises(ValueError, match="uncertain_labels"):
+        GateOptions(uncertain_labels="maybe")
