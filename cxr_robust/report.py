@@ -69,8 +69,9 @@ svg text{font-family:system-ui,sans-serif}
 .scroll{overflow-x:auto;max-width:100%}
 caption{caption-side:top;text-align:left;font-size:.85em;color:#333;padding:.2em 0;contain:inline-size}
 .note{border-left:4px solid #E69F00;background:#fff8e6;padding:.3em .8em;margin:.4em 0}
-table.summary td{text-align:right;font-variant-numeric:tabular-nums;min-width:4.8em;padding:2px 6px}
-table.summary th{text-align:center}table.summary tbody th{text-align:left;white-space:nowrap}
+table.summary td,table.metrics td{text-align:right;font-variant-numeric:tabular-nums;min-width:4.8em;padding:2px 6px}
+table.summary th,table.metrics th{text-align:center}
+table.summary tbody th,table.metrics tbody th{text-align:left;white-space:nowrap}
 .ci{display:block;font-size:.78em;color:#555}
 .multiples{display:flex;flex-wrap:wrap;gap:2px 8px;align-items:flex-start}
 .keyline{font-size:.85em;color:#333;margin:.1em 0 .6em;contain:inline-size}
@@ -820,7 +821,7 @@ def _metrics(model: dict) -> str:
     caption = (f"Metrics per condition at k = {k} from the same per-query ranks (report-side conditions: clean "
                "images against perturbed reports). Only Recall@k is gated; the others are reported. Ties count "
                f"in expectation.{rule}")
-    return (f"<h3>Metrics</h3><div class=scroll><table class=summary><caption>{_e(caption)}</caption>"
+    return (f"<h3>Metrics</h3><div class=scroll><table class=metrics><caption>{_e(caption)}</caption>"
             f"<thead><tr><th>condition</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 

@@ -180,7 +180,7 @@ def test_usage_and_config_errors_exit_2(project: Path, args: list[str], message:
 def test_bad_pyproject_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.cxr_robust]\nratio = [0]\n")
     assert run(tmp_path) == EXIT_USAGE
-    assert "unknown key 'ratio'; did you mean ratios?" in capsys.readouterr().err
+    assert "unknown key 'ratio'; did you mean ratios" in capsys.readouterr().err
     # the table is ignored: clip is skipped (no weights here) and nothing is measured, so exit 3, not 2
     assert run(tmp_path, "--no-pyproject", "--models", "clip", "--out", str(tmp_path / "o")) == EXIT_UNAVAILABLE
 
