@@ -24,7 +24,7 @@ import numpy as np
 from cxr_robust import PAPER_KS, PAPER_RATIOS, __version__
 from cxr_robust.cache import EmbeddingCache, key_digest
 from cxr_robust.data.images import BAD_IMAGE_REASONS, MAX_DECODED_BYTES, MAX_PIXELS, BadImageError
-from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad
+from cxr_robust.data.retrieval_set import RetrievalSet, check_on_bad, texts_fingerprint
 from cxr_robust.data.text_policy import TextPolicy, report_text
 from cxr_robust.metrics import RankCounts, check_ks, recall_at_k
 from cxr_robust.perturbations.base import CLEAN_CACHE_ENTRY, Condition, ConditionMap, as_condition
@@ -694,10 +694,3 @@ def _measure_negation(data: RetrievalSet, seed: int, texts: list[str], compose: 
             "by_finding": dict(sorted(by_finding.items()))}
     return result, meta
 
-
-def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
-    """Hash of (id, text) pairs, for cache keys (reveals no text)."""
-    h = hashlib.sha256()
-    for sid, text in zip(ids, texts):
-        h.update(sid.encode() + b"\0" + text.encode() + b"\0")
-    return h.hexdigest()

@@ -28,6 +28,14 @@ def check_on_bad(option: str, value: str) -> str:
     return value
 
 
+def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
+    """Hash of (id, text) pairs, for cache keys (reveals no text)."""
+    h = hashlib.sha256()
+    for sid, text in zip(ids, texts):
+        h.update(sid.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
+
+
 @dataclass
 class RetrievalSet:
     """M query images, N candidate reports (one per study), and which report belongs to which image.
@@ -126,10 +134,7 @@ class RetrievalSet:
 
     def text_fingerprint(self, policy: "str | TextPolicy") -> str:
         """Hash of the candidate texts under ``policy`` (for cache keys; reveals no text)."""
-        h = hashlib.sha256()
-        for sid, text in zip(self.study_ids, self.texts(policy)):
-            h.update(sid.encode() + b"\0" + text.encode() + b"\0")
-        return h.hexdigest()
+        return texts_fingerprint(self.study_ids, self.texts(policy))
 
     def image_fingerprint(self) -> str:
         """Hash identifying the query images (pixels in memory, or path + size + mtime on disk)."""
