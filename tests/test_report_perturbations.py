@@ -21,8 +21,8 @@ from cxr_robust.data.phantom import SPLITS, StudyDescription, phantom, study_tex
 from cxr_robust.data.phantom_labels import (VOCABULARY, label_vector, labels_of_set, phantom_labels,
                                             read_labels)
 from cxr_robust.perturbations import ReportPerturbation, available, get_perturbation
-from cxr_robust.perturbations.report import (ABBREVIATIONS, HEDGE_CUES, NEGATION_CUES, SYNONYMS,
-                                             canonical_text, split_sentences, table_words, typo_key)
+from cxr_robust.data.report_words import (ABBREVIATIONS, HEDGE_CUES, NEGATION_CUES, SYNONYMS, canonical_text,
+                                         split_sentences, table_words, typo_key)
 
 REPORT = [n for n in available() if get_perturbation(n).side == "report"]
 LEVELLED = ["typos", "abbreviations", "sentence_shuffle", "synonyms"]

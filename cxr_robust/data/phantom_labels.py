@@ -142,7 +142,7 @@ perturbations' own tables: its own words and every word of four or more letters 
 @functools.lru_cache(maxsize=1)
 def _canonicalizer() -> Any:
     """The report perturbations' normaliser (typos undone, abbreviations expanded, synonyms canonical)."""
-    from cxr_robust.perturbations.report import canonical_text
+    from cxr_robust.data.report_words import canonical_text
 
     return functools.partial(canonical_text, vocabulary=VOCABULARY)
 
