@@ -58,7 +58,7 @@ table.grid th{text-align:center}
 .kv th{width:16em}.muted{color:#666}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;
  word-break:break-all}
 .big{font-weight:700}
-details>summary{cursor:pointer}details>summary h4{display:inline;margin:0}
+details>summary{cursor:pointer}details>summary h4,details.metrics>summary h3{display:inline;margin:0}
 .skip{border-left:4px solid #999;padding:.3em .8em;background:#fafafa;margin:.4em 0}
 .err{border-left:4px solid #c62828;padding:.3em .8em;background:#fff5f5;margin:.4em 0}
 .err pre,.skip pre{white-space:pre-wrap;margin:.2em 0}
@@ -779,6 +779,8 @@ def _model_section(model: dict, index: int, credentialed: bool) -> str:
     return head + _encodings(meta) + "".join(body) + "</section>"
 
 
+METRICS_ROWS_SHOWN = 24
+"""Up to this many conditions the metrics table is shown open; a longer one is collapsed under its heading."""
 _METRIC_COLUMNS = (("recall", "Recall@{k}", True), ("label_precision", "label P@{k}", True),
                    ("label_hit", "label hit@{k}", True), ("mrr", "MRR", False), ("median_rank", "median rank", False),
                    ("mean_rank", "mean rank", False))
@@ -821,8 +823,12 @@ def _metrics(model: dict) -> str:
     caption = (f"Metrics per condition at k = {k} from the same per-query ranks (report-side conditions: clean "
                "images against perturbed reports). Only Recall@k is gated; the others are reported. Ties count "
                f"in expectation.{rule}")
-    return (f"<h3>Metrics</h3><div class=scroll><table class=metrics><caption>{_e(caption)}</caption>"
-            f"<thead><tr><th>condition</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+    table = (f"<div class=scroll><table class=metrics><caption>{_e(caption)}</caption>"
+             f"<thead><tr><th>condition</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+    if len(body) > METRICS_ROWS_SHOWN:  # a long sweep's table is one click away, not pages of scrolling
+        return (f"<details class=metrics><summary><h3>Metrics</h3> ({len(body)} conditions: MRR, ranks, label "
+                f"P@{_e(k)} and hit@{_e(k)})</summary>{table}</details>")
+    return f"<h3>Metrics</h3>{table}"
 
 
 def _negation(model: dict) -> str:

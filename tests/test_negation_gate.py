@@ -126,3 +126,15 @@ def test_the_negation_case_skips_saying_how_to_enable_it(pytester: pytest.Pytest
     res.assert_outcomes(skipped=1)
     res.stdout.fnmatch_lines(["*test_negation?phantom-clip-negation? SKIPPED*",
                               "*the negation test is off: enable it with --cxr-negation*"])
+
+
+def test_a_long_metrics_table_is_collapsed_under_its_heading() -> None:
+    from cxr_robust.report import METRICS_ROWS_SHOWN, _metrics
+
+    row = {"perturbation": "typos", "severity": 1.0, "side": "report", "recall": {"10": 0.5}, "mrr": 0.25,
+           "median_rank": 3.0, "mean_rank": 7.5}
+    short = _metrics({"metrics": [row] * 3, "meta": {"labels": {"source": None}}})
+    assert short.startswith("<h3>Metrics</h3>") and short.count("<tr><th class=nowrap>") == 3
+    assert "no findings labels" in short and "label P@" not in short  # columns of unreported metrics left out
+    long = _metrics({"metrics": [row] * (METRICS_ROWS_SHOWN + 1), "meta": {}})
+    assert long.startswith("<details class=metrics>") and f"({METRICS_ROWS_SHOWN + 1} conditions" in long
