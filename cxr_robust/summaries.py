@@ -215,12 +215,30 @@ def mce(model: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mappin
     return {"ce": per, "mce": float(np.mean(list(per.values()))) if per else None}
 
 
+def _side(name: str) -> str:
+    """``image`` or ``report``: which side a perturbation of a results document perturbs (``image`` when it is not
+    installed here, as every perturbation was before report-side ones existed)."""
+    from cxr_robust.perturbations import get_perturbation
+
+    try:
+        return get_perturbation(name).side
+    except KeyError:
+        return "image"
+
+
+def _mean_drop(errors: Mapping[str, Mapping[str, Any]]) -> float | None:
+    drops = [e["mean_relative_drop"] for e in errors.values() if e["mean_relative_drop"] is not None]
+    return float(np.mean(drops)) if drops else None
+
+
 def add_corruption_summary(doc: dict[str, Any]) -> dict[str, Any]:
     """Write each measured model's across-perturbation figures into a results document, per k:
     ``corruption = {"k": {"per_perturbation": corruption_errors, "mean_relative_drop": ..., "mce": ...}}``.
 
-    ``mean_relative_drop`` averages the perturbations other than the clean-only ones. ``mce`` is filled when
-    the run names a reference model (``config.reference_model``) that was measured with the same conditions.
+    ``mean_relative_drop`` averages the image perturbations other than the clean-only ones, and
+    ``report_mean_relative_drop`` (present when measured) the report-side ones: film corruptions and report
+    rewordings are not averaged together. ``mce`` (image perturbations) is filled when the run names a reference
+    model (``config.reference_model``) that was measured with the same conditions.
     Pure function of the document's cells, so the merged document of a pytest-xdist run gets it too.
     """
     from cxr_robust.results import cell_condition
@@ -241,11 +259,16 @@ def add_corruption_summary(doc: dict[str, Any]) -> dict[str, Any]:
         per_k: dict[str, Any] = {}
         for k in ks:
             errors = corruption_errors(grid, k)
-            drops = [e["mean_relative_drop"] for e in errors.values() if e["mean_relative_drop"] is not None]
-            entry: dict[str, Any] = {"per_perturbation": errors,
-                                     "mean_relative_drop": float(np.mean(drops)) if drops else None}
+            # Film corruptions and report rewordings are different questions: one mean (and the mCE) each.
+            image = {n: e for n, e in errors.items() if _side(n) == "image"}
+            report = {n: e for n, e in errors.items() if _side(n) == "report"}
+            entry: dict[str, Any] = {"per_perturbation": errors, "mean_relative_drop": _mean_drop(image)}
+            if report:
+                entry["report_mean_relative_drop"] = _mean_drop(report)
             if reference in measured:
-                entry["mce"] = {"reference": reference, **mce(errors, corruption_errors(measured[reference], k))}
+                ref_errors = corruption_errors(measured[reference], k)
+                entry["mce"] = {"reference": reference,
+                                **mce(image, {n: e for n, e in ref_errors.items() if _side(n) == "image"})}
             per_k[str(k)] = entry
         m["corruption"] = per_k
     return doc

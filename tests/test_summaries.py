@@ -163,3 +163,24 @@ def test_corruption_errors_and_mce_against_a_reference_model() -> None:
     add_corruption_summary(doc)
     assert doc["models"][0]["corruption"]["5"]["mce"]["mce"] == pytest.approx(got["mce"])
     assert doc["models"][1]["corruption"]["5"]["mce"]["mce"] == pytest.approx(1.0)  # the reference against itself
+
+
+def test_report_side_perturbations_are_averaged_apart_from_the_film_corruptions() -> None:
+    """A run of both sides gets one mean relative drop per side, and the mCE of the image side only."""
+    from cxr_robust.perturbations import Condition
+    from cxr_robust.summaries import add_corruption_summary
+
+    def cells(clean: float, noise: float, typos: float) -> list[dict]:
+        grid = {Condition("occlusion", 0.0): clean, Condition("gaussian_noise", 1): noise, Condition("typos", 1): typos}
+        return [{"perturbation": c.perturbation, "severity": c.severity, "k": 5, "measured": v} for c, v in grid.items()]
+
+    doc = {"config": {"reference_model": "ref"},
+           "models": [{"model": "m", "status": "measured", "cells": cells(0.8, 0.4, 0.6)},
+                      {"model": "ref", "status": "measured", "cells": cells(0.5, 0.3, 0.1)}]}
+    entry = add_corruption_summary(doc)["models"][0]["corruption"]["5"]
+    assert entry["mean_relative_drop"] == pytest.approx(0.5)  # gaussian noise alone: 1 - 0.4 / 0.8
+    assert entry["report_mean_relative_drop"] == pytest.approx(0.25)  # typos: 1 - 0.6 / 0.8
+    assert set(entry["per_perturbation"]) == {"gaussian_noise", "typos"}
+    assert set(entry["mce"]["ce"]) == {"gaussian_noise"}
+    image_only = {"config": {}, "models": [{"model": "m", "status": "measured", "cells": cells(0.8, 0.4, 0.6)[:2]}]}
+    assert "report_mean_relative_drop" not in add_corruption_summary(image_only)["models"][0]["corruption"]["5"]
