@@ -118,18 +118,14 @@ def confusion_ci(confusion: np.ndarray, query_study: np.ndarray, alpha: float = 
     ok = np.isfinite(confusion)
     if not ok.any():
         return float("nan"), float("nan")
+    from cxr_robust.stats import bootstrap_means
+
     _, cluster = np.unique(np.asarray(query_study)[ok], return_inverse=True)
     sums = np.bincount(cluster, weights=confusion[ok])
     sizes = np.bincount(cluster).astype(float)
-    rng = np.random.default_rng(seed)
-    c = len(sums)
-    rates = np.empty(n_boot)
-    for start in range(0, n_boot, 256):  # a 256 x C count matrix per step keeps memory small
-        m = min(256, n_boot - start)
-        draws = rng.integers(0, c, (m, c))
-        weights = np.stack([np.bincount(row, minlength=c) for row in draws]).astype(float)
-        rates[start:start + m] = (weights @ sums) / (weights @ sizes)
-    lo, hi = np.quantile(rates, [alpha / 2, 1 - alpha / 2])
+    # Resampling studies: the rate of a resample is its mean per-study sum over its mean study size.
+    means = bootstrap_means(np.column_stack([sums, sizes]), n_boot=n_boot, seed=seed)
+    lo, hi = np.quantile(means[:, 0] / means[:, 1], [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
 
